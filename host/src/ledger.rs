@@ -1,0 +1,242 @@
+//! The ledger: which tasks are live and which blocks are revoked, as this process sees them.
+//!
+//! It is a cache over the [`TaskStore`] so that the guard answers "is this token revoked?" and
+//! "which live task does it carry?" without a database round trip on every call.
+//! Invariant: a revocation made through this process is visible to the very next call; one made
+//! by another process (the CLI, another replica) is picked up at the next call after the store
+//! reports a change (checked every call by default, see `[guard] store_poll`). Every revocation
+//! bumps [`TaskLedger::epoch`], which invalidates every cached allow at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::capability::{TokenError, VerifiedToken};
+use crate::error::Error;
+use crate::store::{EndReason, Revocation, TaskRecord, TaskStore};
+
+/// Told when a task ends, whoever ended it.
+pub trait TaskObserver: Send + Sync {
+    /// `task` has just ended (its block is revoked).
+    fn task_ended(&self, task: &TaskRecord);
+}
+
+/// Live tasks and revocations.
+pub struct TaskLedger {
+    store: Arc<dyn TaskStore>,
+    revoked: RwLock<HashMap<String, Revocation>>,
+    tasks: RwLock<HashMap<String, Arc<TaskRecord>>>,
+    epoch: AtomicU64,
+    counter: AtomicU64,
+    poll: Duration,
+    last_poll: Mutex<Instant>,
+    observers: RwLock<Vec<Arc<dyn TaskObserver>>>,
+}
+
+impl TaskLedger {
+    /// Loads every revocation from the store.
+    pub fn open(store: Arc<dyn TaskStore>, poll: Duration) -> Result<Self, Error> {
+        let counter = store.change_counter()?;
+        let ledger = TaskLedger {
+            store,
+            revoked: RwLock::new(HashMap::new()),
+            tasks: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            counter: AtomicU64::new(counter),
+            poll,
+            last_poll: Mutex::new(Instant::now()),
+            observers: RwLock::new(Vec::new()),
+        };
+        ledger.reload()?;
+        Ok(ledger)
+    }
+
+    /// The store behind the ledger.
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.store
+    }
+
+    /// Adds an observer of task ends.
+    pub fn observe(&self, observer: Arc<dyn TaskObserver>) {
+        self.observers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(observer);
+    }
+
+    /// Changes whenever a revocation is seen; cached decisions from an older epoch are void.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn reload(&self) -> Result<(), Error> {
+        let all = self.store.revocations()?;
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let grew = all.len() != revoked.len();
+        *revoked = all.into_iter().map(|r| (r.id.clone(), r)).collect();
+        drop(revoked);
+        // Task records may have ended elsewhere; forget them so they are re-read.
+        self.tasks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if grew {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Picks up changes other processes made to the store. Cheap when nothing changed.
+    pub fn sync(&self) -> Result<(), Error> {
+        if !self.poll.is_zero() {
+            let mut last = self.last_poll.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < self.poll {
+                return Ok(());
+            }
+            *last = Instant::now();
+        }
+        let now = self.store.change_counter()?;
+        if self.counter.swap(now, Ordering::AcqRel) != now {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a token any of whose blocks is revoked.
+    pub fn check_revocation(&self, token: &VerifiedToken) -> Result<(), TokenError> {
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        for (block, id) in token.revocation_ids().iter().enumerate() {
+            if let Some(r) = revoked.get(id) {
+                return Err(TokenError::Revoked {
+                    block,
+                    id: id.clone(),
+                    reason: Some(r.reason.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The live task whose block this token carries, if any (the first such block).
+    pub fn active_task(
+        &self,
+        token: &VerifiedToken,
+        now: SystemTime,
+    ) -> Result<Option<Arc<TaskRecord>>, Error> {
+        Ok(self.task_of(token)?.filter(|t| t.is_active(now)))
+    }
+
+    /// The task whose block this token carries (the first such block), live or not.
+    pub fn task_of(&self, token: &VerifiedToken) -> Result<Option<Arc<TaskRecord>>, Error> {
+        // The authority block is never a task block.
+        for id in token.revocation_ids().iter().skip(1) {
+            if let Some(task) = self.task_by_revocation_id(id)? {
+                return Ok(Some(task));
+            }
+        }
+        Ok(None)
+    }
+
+    fn task_by_revocation_id(&self, id: &str) -> Result<Option<Arc<TaskRecord>>, Error> {
+        if let Some(t) = self.tasks.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(Some(Arc::clone(t)));
+        }
+        // Unknown here: ask the store (the task may have been issued by another process).
+        // Misses are not cached, so a block that is not a task costs a lookup each time; such
+        // tokens are refused by the invocation policy anyway.
+        match self.store.task_by_revocation_id(id)? {
+            Some(t) => {
+                let t = Arc::new(t);
+                self.tasks
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_owned(), Arc::clone(&t));
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records a newly issued task.
+    pub fn insert(&self, task: TaskRecord) -> Result<Arc<TaskRecord>, Error> {
+        self.store.insert_task(&task)?;
+        let task = Arc::new(task);
+        self.tasks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task.revocation_id.clone(), Arc::clone(&task));
+        Ok(task)
+    }
+
+    /// A task by id, from the store.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
+        self.store.task(id)
+    }
+
+    /// Ends a task: marks it ended and revokes its block (and so every token derived from it),
+    /// then tells observers. Returns `None` when it had already ended.
+    pub fn end_task(&self, id: &str, reason: EndReason) -> Result<Option<TaskRecord>, Error> {
+        let Some(task) = self.store.end_task(id, reason, SystemTime::now())? else {
+            return Ok(None);
+        };
+        self.revoked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                task.revocation_id.clone(),
+                Revocation {
+                    id: task.revocation_id.clone(),
+                    reason: format!("task {}", reason.as_str()),
+                    task_id: Some(task.id.clone()),
+                },
+            );
+        self.tasks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task.revocation_id.clone(), Arc::new(task.clone()));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for o in observers {
+            o.task_ended(&task);
+        }
+        Ok(Some(task))
+    }
+
+    /// Revokes a block that is not a task's (for instance an agent token's authority block).
+    pub fn revoke(&self, revocation_id: &str, reason: &str) -> Result<(), Error> {
+        self.store.revoke(revocation_id, reason)?;
+        self.revoked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                revocation_id.to_owned(),
+                Revocation {
+                    id: revocation_id.to_owned(),
+                    reason: reason.to_owned(),
+                    task_id: None,
+                },
+            );
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Ends every task whose time has run out. Returns how many it ended.
+    pub fn reap_expired(&self) -> Result<usize, Error> {
+        let expired = self.store.expired_unended(SystemTime::now())?;
+        let mut n = 0;
+        for t in expired {
+            if self.end_task(&t.id, EndReason::Expired)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

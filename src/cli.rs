@@ -1,0 +1,177 @@
+//! The command line: what an operator types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// capgate: an MCP server that hosts agent tools behind per-task Biscuit capabilities.
+#[derive(Debug, Parser)]
+#[command(name = "capgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file. Default: ./capgate.toml when it exists, else the embedded default.
+    #[arg(long, global = true, env = "CAPGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where the root key, task store and audit log live (overrides `state_dir`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdio or streamable HTTP.
+    Serve(ServeArgs),
+    /// Manage the root key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Mint and inspect agent tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Begin, end and look at tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Check the policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `capgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve one client on stdin/stdout; its token comes from CAPGATE_TOKEN.
+    #[arg(long, conflicts_with = "http")]
+    pub stdio: bool,
+
+    /// Serve streamable HTTP on this address (endpoint /mcp); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// Confine the filesystem tools to this directory (overrides `[tools.fs] root`).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// DEVELOPMENT ONLY, loopback only: treat HTTP requests without `Authorization` as
+    /// presenting the token in FILE (for test suites that cannot send headers).
+    #[arg(long, value_name = "FILE")]
+    pub dev_headerless_token: Option<PathBuf>,
+}
+
+/// `capgate keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new Ed25519 root key (mode 0600) and print its public key.
+    Init {
+        /// Directory for `root.key` (default: the state directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Replace an existing key. Every token it signed stops verifying.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key of the configured root key.
+    Show,
+}
+
+/// `capgate token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint an agent token (printed on stdout).
+    Mint {
+        /// The agent's id.
+        #[arg(long)]
+        agent: String,
+        /// The tenant it works for.
+        #[arg(long)]
+        tenant: String,
+        /// A tool the agent may ever use (repeatable).
+        #[arg(long = "tool", value_name = "NAME", required = true)]
+        tools: Vec<String>,
+        /// Limit a tool to resources under PREFIX (repeatable): `fs_read=docs/`.
+        #[arg(long = "resource", value_name = "TOOL=PREFIX")]
+        resources: Vec<String>,
+        /// Lifetime of the token, e.g. `30d`, `12h`; `never` for no expiry.
+        #[arg(long, default_value = "7d")]
+        ttl: String,
+    },
+    /// Show every block's Datalog, the expiry and revocation ids, and whether the token
+    /// verifies against the root key.
+    Inspect {
+        /// The token (`-` reads it from stdin).
+        token: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `capgate task ...`.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Ask for a task; prints the task token on stdout.
+    Begin(TaskBeginArgs),
+    /// End a task: its access is revoked, with every token derived from it.
+    End {
+        /// Task id.
+        id: String,
+    },
+    /// Intent versus action for one task.
+    Show {
+        /// Task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent tasks.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// `capgate task begin`.
+#[derive(Debug, Args)]
+pub struct TaskBeginArgs {
+    /// The agent token (default: CAPGATE_TOKEN).
+    #[arg(long, env = "CAPGATE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Why the task exists.
+    #[arg(long)]
+    pub purpose: String,
+    /// A tool the task needs (repeatable).
+    #[arg(long = "tool", value_name = "NAME", required = true)]
+    pub tools: Vec<String>,
+    /// Resources for a tool (repeatable): `fs_read=docs/`.
+    #[arg(long = "resource", value_name = "TOOL=PREFIX")]
+    pub resources: Vec<String>,
+    /// Lifetime, e.g. `15m`.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Who the task acts for.
+    #[arg(long)]
+    pub on_behalf_of: Option<String>,
+    /// Who approved its side effects.
+    #[arg(long)]
+    pub approved_by: Option<String>,
+    /// Print JSON instead of the bare token.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `capgate policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse every policy; report errors (file:line) and vocabulary warnings.
+    Check {
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+}

@@ -1,0 +1,125 @@
+//! The `capgate` binary as a library: the CLI, and [`main_with`] for binaries that host extra
+//! tools next to the built-in ones (see `examples/custom_tool.rs`).
+//!
+//! The real work lives in [`capgate_host`] (server, guard, issuance, telemetry) and
+//! [`capgate_tools`] (built-in tools); this crate parses the command line, loads the config and
+//! wires them together.
+
+pub mod cli;
+mod commands;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+pub use capgate_host as host;
+pub use capgate_tools as tools;
+
+use capgate_host::config::Config;
+use capgate_host::{Error, Registry};
+
+/// Registers tools beyond the built-in ones.
+pub trait Extension:
+    Fn(&mut Registry, &Config) -> Result<(), Error> + Send + Sync + 'static
+{
+}
+impl<F: Fn(&mut Registry, &Config) -> Result<(), Error> + Send + Sync + 'static> Extension for F {}
+
+/// Runs the capgate CLI with only the built-in tools.
+pub fn main() -> ExitCode {
+    main_with(|_, _| Ok(()))
+}
+
+/// Runs the capgate CLI, with `extend` registering extra tools wherever capgate builds its
+/// registry (`serve`, `token mint`, `task begin`).
+pub fn main_with(extend: impl Extension) -> ExitCode {
+    let cli = cli::Cli::parse();
+    match run(cli, &extend) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    cli: cli::Cli,
+    extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
+) -> anyhow::Result<ExitCode> {
+    use cli::Command;
+    match cli.command {
+        Command::Serve(ref args) => {
+            let mut config = load_config(&cli)?;
+            if let Some(root) = &args.root {
+                config.tools.fs.root = absolute(root)?;
+            }
+            if let Some(addr) = args.http {
+                config.server.http = Some(addr);
+            }
+            config.validate()?;
+            serve::serve(config, args, extend)
+        }
+        Command::Keys(ref k) => commands::keys(&load_config(&cli)?, k),
+        Command::Token(ref t) => commands::token(&load_config(&cli)?, t, extend),
+        Command::Task(ref t) => commands::task(load_config(&cli)?, t, extend),
+        Command::Policy(ref p) => commands::policy(&load_config(&cli)?, p),
+    }
+}
+
+/// `--config`, else `./capgate.toml`, else the embedded default; then `--state-dir`.
+fn load_config(cli: &cli::Cli) -> anyhow::Result<Config> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if cwd.join("capgate.toml").is_file() => Config::load(&cwd.join("capgate.toml"))?,
+        None => Config::embedded(&cwd)?,
+    };
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = absolute(dir)?;
+    }
+    Ok(config)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()
+            .context("reading the working directory")?
+            .join(p))
+    }
+}
+
+/// Builds the registry: built-in tools, then the extension's.
+pub(crate) fn registry(
+    config: &Config,
+    extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
+) -> anyhow::Result<Registry> {
+    let mut registry = Registry::new();
+    capgate_tools::register_builtin(&mut registry, &config.tools)?;
+    extend(&mut registry, config)?;
+    Ok(registry)
+}
+
+/// Splits `TOOL=PREFIX` flags into a map.
+pub(crate) fn parse_resources(
+    items: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for item in items {
+        let (tool, prefix) = item.split_once('=').with_context(|| {
+            format!("`--resource {item}`: expected TOOL=PREFIX, e.g. fs_read=docs/")
+        })?;
+        if tool.is_empty() {
+            anyhow::bail!("`--resource {item}`: the tool name is empty");
+        }
+        out.entry(tool.to_owned())
+            .or_default()
+            .push(prefix.to_owned());
+    }
+    Ok(out)
+}

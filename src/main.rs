@@ -1,0 +1,5 @@
+//! The `capgate` binary.
+
+fn main() -> std::process::ExitCode {
+    capgate::main()
+}
