@@ -36,6 +36,7 @@ pub fn main() -> ExitCode {
 /// Runs the capgate CLI, with `extend` registering extra tools wherever capgate builds its
 /// registry (`serve`, `token mint`, `task begin`).
 pub fn main_with(extend: impl Extension) -> ExitCode {
+    capgate_host::install_crypto_provider();
     let cli = cli::Cli::parse();
     match run(cli, &extend) {
         Ok(code) => code,

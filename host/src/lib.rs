@@ -30,5 +30,11 @@ pub use tool::{
     ToolInput, ToolOutput, ToolSpec, TypedTool,
 };
 
+/// Installs ring as the process's TLS crypto provider (capgate's HTTP clients are built without
+/// a bundled one). Idempotent; call it before building any HTTP client.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Re-exports for tool authors who need the MCP model types.
 pub use rmcp;

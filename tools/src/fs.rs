@@ -120,10 +120,15 @@ impl FsRoot {
         )
     }
 
-    /// The resource of a path argument.
+    /// The resource of a path argument. A directory's resource ends in `/`, like a directory
+    /// prefix does, so that the grant `docs/` covers listing `docs` itself.
     pub fn resource(&self, field: &str, raw: &str) -> Result<Resource, ToolError> {
         let p = self.resolve(field, raw)?;
-        Ok(Resource::new(p.to_string_lossy().into_owned()))
+        let mut s = p.to_string_lossy().into_owned();
+        if p.is_dir() && !s.ends_with('/') {
+            s.push('/');
+        }
+        Ok(Resource::new(s))
     }
 
     /// A granted prefix in canonical form: the empty prefix stays empty (every resource);
@@ -156,7 +161,7 @@ impl FsRoot {
     }
 
     fn display(&self, resource: &Resource) -> String {
-        match Path::new(resource.as_str()).strip_prefix(&self.root) {
+        match Path::new(resource.as_str().trim_end_matches('/')).strip_prefix(&self.root) {
             Ok(p) if p.as_os_str().is_empty() => ".".into(),
             Ok(p) => p.to_string_lossy().into_owned(),
             Err(_) => resource.to_string(),

@@ -109,8 +109,7 @@ struct Fetcher {
 
 /// `http_fetch`.
 pub fn http_fetch(limits: &HttpFetchConfig) -> Result<impl capgate_host::Tool, String> {
-    // reqwest is built without a bundled crypto provider; ring is the one capgate ships.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    capgate_host::install_crypto_provider();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("capgate/", env!("CARGO_PKG_VERSION")))

@@ -96,6 +96,7 @@ impl Providers {
     /// Builds exporters from `OTEL_EXPORTER_OTLP_*` (which win) and `[telemetry]`. Must run
     /// inside a Tokio runtime (the gRPC client needs one).
     pub fn from_env(config: &TelemetryConfig) -> Result<Self, Error> {
+        crate::install_crypto_provider();
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let traces_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").or_else(|| config.otlp_endpoint.clone());

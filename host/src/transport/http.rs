@@ -275,6 +275,10 @@ async fn create_task(
     let intent = match body {
         Ok(Json(i)) => i,
         Err(e) => {
+            let status = e.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                return json_error(status, "payload_too_large", &e.body_text());
+            }
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",

@@ -1,0 +1,373 @@
+//! The host over real transports: the `capgate` binary driven by rmcp's client over stdio (child
+//! process) and streamable HTTP. Built-in tools' happy paths, and every kind of bad input, each
+//! asserting the exact error and that nothing outside the root was read or written.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// A task over every built-in fs tool, confined to `acme/` (write tools approved).
+fn fs_task(cg: &Capgate) -> (String, String) {
+    let agent = cg.mint(
+        "agent-e2e",
+        "acme",
+        &["fs_read", "fs_list", "fs_write", "fs_search"],
+        &[],
+    );
+    cg.task(
+        &agent,
+        &["fs_read", "fs_list", "fs_write", "fs_search"],
+        &[
+            "fs_read=acme/",
+            "fs_list=acme/",
+            "fs_write=acme/",
+            "fs_search=acme/",
+        ],
+    )
+}
+
+async fn happy_paths(client: &Client, cg: &Capgate) {
+    let names = tool_names(client).await;
+    assert_eq!(
+        names,
+        vec![
+            "fs_list",
+            "fs_read",
+            "fs_search",
+            "fs_write",
+            "task_begin",
+            "task_end"
+        ],
+        "exactly the granted tools plus the in-band task tools"
+    );
+
+    let r = call(client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert_eq!(text(&r), "acme readme\nline two has a needle\n");
+    assert_eq!(r.structured_content.as_ref().unwrap()["size"], 34);
+
+    let r = call(client, "fs_list", json!({"path": "acme/docs"}))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "notes.md\nreadme.txt");
+
+    let r = call(
+        client,
+        "fs_write",
+        json!({"path": "acme/out/report.txt", "content": "done"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(cg.root.join("acme/out/report.txt")).unwrap(),
+        "done"
+    );
+    let r = call(
+        client,
+        "fs_write",
+        json!({"path": "acme/out/report.txt", "content": "+more", "append": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert_eq!(
+        std::fs::read_to_string(cg.root.join("acme/out/report.txt")).unwrap(),
+        "done+more"
+    );
+    let r = call(
+        client,
+        "fs_write",
+        json!({"path": "acme/out/deep/x.txt", "content": "x", "create_dirs": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert!(cg.root.join("acme/out/deep/x.txt").is_file());
+
+    let r = call(
+        client,
+        "fs_search",
+        json!({"path": "acme", "pattern": "needle"}),
+    )
+    .await
+    .unwrap();
+    let hits = r.structured_content.as_ref().unwrap()["matches"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    let r = call(
+        client,
+        "fs_search",
+        json!({"path": "acme", "pattern": "ne+dle h", "regex": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.structured_content.as_ref().unwrap()["matches"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn bad_inputs(client: &Client, cg: &Capgate) {
+    let before = cg.outside_snapshot();
+
+    // Unknown tool.
+    let e = call(client, "fs_delete", json!({})).await.unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(
+        rpc_message(&e).contains("unknown tool `fs_delete`"),
+        "{}",
+        rpc_message(&e)
+    );
+
+    // Missing field, wrong type, unexpected field: JSON-RPC invalid params naming the field.
+    let e = call(client, "fs_read", json!({})).await.unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(
+        rpc_message(&e).contains("missing required field `path`"),
+        "{}",
+        rpc_message(&e)
+    );
+    let e = call(client, "fs_read", json!({"path": 42}))
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(
+        rpc_message(&e).contains("field `path`"),
+        "{}",
+        rpc_message(&e)
+    );
+    let e = call(
+        client,
+        "fs_write",
+        json!({"path": "acme/out/a", "content": "x", "mode": "0777"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(
+        rpc_message(&e).contains("unexpected field `mode`"),
+        "{}",
+        rpc_message(&e)
+    );
+
+    // Escapes from the root: refused before authorization and before any I/O.
+    for path in [
+        "../outside/secret.txt",
+        "acme/../../outside/secret.txt",
+        cg.outside.join("secret.txt").to_str().unwrap(),
+        "/etc/passwd",
+    ] {
+        let e = call(client, "fs_read", json!({"path": path}))
+            .await
+            .unwrap_err();
+        assert_eq!(rpc_code(&e), -32602, "{path}");
+        assert!(
+            rpc_message(&e).contains("resolves outside the tool root"),
+            "{path}: {}",
+            rpc_message(&e)
+        );
+        let e = call(
+            client,
+            "fs_write",
+            json!({"path": path, "content": "pwned"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(rpc_code(&e), -32602, "{path}");
+    }
+    // A symlink inside the root that points out.
+    std::os::unix::fs::symlink(&cg.outside, cg.root.join("acme/escape")).unwrap();
+    let e = call(client, "fs_read", json!({"path": "acme/escape/secret.txt"}))
+        .await
+        .unwrap_err();
+    assert!(
+        rpc_message(&e).contains("resolves outside the tool root"),
+        "{}",
+        rpc_message(&e)
+    );
+    let e = call(
+        client,
+        "fs_write",
+        json!({"path": "acme/escape/new.txt", "content": "pwned"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    let e = call(client, "fs_list", json!({"path": "acme/escape"}))
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    let e = call(
+        client,
+        "fs_search",
+        json!({"path": "acme/escape", "pattern": "secret"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    // A search over a tree holding that symlink does not follow it.
+    let r = call(
+        client,
+        "fs_search",
+        json!({"path": "acme", "pattern": "outside secret"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.structured_content.as_ref().unwrap()["matches"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    std::fs::remove_file(cg.root.join("acme/escape")).unwrap();
+
+    // A bad regular expression names the field.
+    let e = call(
+        client,
+        "fs_search",
+        json!({"path": "acme", "pattern": "(", "regex": true}),
+    )
+    .await
+    .unwrap_err();
+    assert!(rpc_message(&e).contains("`pattern`"), "{}", rpc_message(&e));
+
+    assert_eq!(
+        cg.outside_snapshot(),
+        before,
+        "nothing outside the root was written"
+    );
+    assert!(!cg.base().join("outside/new.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_happy_paths_and_bad_inputs() {
+    let cg = Capgate::new();
+    let (_task, token) = fs_task(&cg);
+    let client = cg.stdio_client(Some(&token)).await;
+    happy_paths(&client, &cg).await;
+    bad_inputs(&client, &cg).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_happy_paths_and_bad_inputs() {
+    let cg = Capgate::new();
+    let (_task, token) = fs_task(&cg);
+    let server = cg.serve_http();
+    let client = server.client(&token).await;
+    happy_paths(&client, &cg).await;
+    bad_inputs(&client, &cg).await;
+    client.cancel().await.unwrap();
+    assert!(server.stop().success(), "graceful shutdown on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_get_413_and_change_nothing() {
+    let cg = Capgate::new();
+    let (_task, token) = fs_task(&cg);
+    let server = cg.serve_http();
+    let http = reqwest::Client::new();
+    let big = "x".repeat(1024 * 1024 + 10);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "fs_write", "arguments": {"path": "acme/out/big.txt", "content": big}}});
+    let resp = http
+        .post(server.url())
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let resp = http
+        .post(format!("{}/v1/tasks", server.base()))
+        .bearer_auth(&token)
+        .json(&json!({"purpose": "x".repeat(1024 * 1024 + 10), "tools": ["fs_read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(!cg.root.join("acme/out/big.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_rebinding_is_refused() {
+    let cg = Capgate::new();
+    let server = cg.serve_http();
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    for (host, origin) in [
+        ("evil.example.com", None),
+        (server.addr.as_str(), Some("http://evil.example.com")),
+    ] {
+        let mut req = http
+            .post(server.url())
+            .header("host", host)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403, "host {host}, origin {origin:?}");
+    }
+}
+
+#[test]
+fn config_typos_are_refused_with_file_and_key() {
+    let cg = Capgate::new();
+    let text = std::fs::read_to_string(&cg.config).unwrap();
+    std::fs::write(&cg.config, format!("{text}\n[guard]\nmax_fact = 10\n")).unwrap();
+    let out = cg.run(&["serve", "--http", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capgate.toml"), "{err}");
+    assert!(err.contains("guard.max_fact"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn the_embedded_default_needs_no_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .env_remove("CAPGATE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("serving MCP at") {
+                break;
+            }
+        }
+        seen
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(server.contains("embedded default"), "{server}");
+    assert!(server.contains("created a new root key"), "{server}");
+    assert!(dir.path().join("workspace").is_dir());
+    assert!(dir.path().join(".capgate/root.key").is_file());
+}
