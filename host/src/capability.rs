@@ -351,35 +351,45 @@ impl VerifiedToken {
             .iter()
             .map(hex::encode)
             .collect();
-        let mut authorizer = biscuit
-            .authorizer()
+        // Who the token speaks for is read from the authority block's own facts, as written:
+        // no rule is evaluated here, so a block built to explode under evaluation is only ever
+        // evaluated by the guard, under its run limits. Later blocks cannot change the identity.
+        let authority = biscuit
+            .print_block_source(0)
             .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        // Queries on the authorizer see the authority block and nothing a later block added,
-        // so a sub-agent block cannot change who the token speaks for.
-        let agents: Vec<(String,)> = authorizer
-            .query("data($a) <- agent($a)")
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let tenants: Vec<(String,)> = authorizer
-            .query("data($t) <- tenant($t)")
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let rights: Vec<(String,)> = authorizer
-            .query("data($t) <- right($t)")
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let prefixes: Vec<(String, String)> = authorizer
-            .query("data($t, $p) <- resource_prefix($t, $p)")
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let parsed = biscuit_auth::parser::parse_block_source(&authority)
+            .map_err(|_| TokenError::Malformed("the authority block does not print as valid Datalog".into()))?;
+        let mut agents = Vec::new();
+        let mut tenants = Vec::new();
+        let mut rights = Vec::new();
+        let mut by_tool: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, f) in parsed.facts {
+            let f: Fact = f.into();
+            let strs: Vec<&str> = f
+                .predicate
+                .terms
+                .iter()
+                .map(|t| match t {
+                    Term::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
+            match (f.predicate.name.as_str(), strs.as_slice()) {
+                ("agent", [a]) => agents.push(((*a).to_owned(),)),
+                ("tenant", [t]) => tenants.push(((*t).to_owned(),)),
+                ("right", [t]) => rights.push((*t).to_owned()),
+                ("resource_prefix", [t, p]) => by_tool.entry((*t).to_owned()).or_default().push((*p).to_owned()),
+                _ => {}
+            }
+        }
         let agent = single(agents, "exactly one agent($id) fact in the authority block")?;
-        let tenant = single(
-            tenants,
-            "exactly one tenant($t) fact in the authority block",
-        )?;
-        let mut rights: Vec<String> = rights.into_iter().map(|(r,)| r).collect();
+        let tenant = single(tenants, "exactly one tenant($t) fact in the authority block")?;
         rights.sort();
         rights.dedup();
-        let mut by_tool: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (t, p) in prefixes {
-            by_tool.entry(t).or_default().push(p);
-        }
+        let authorizer = biscuit
+            .authorizer()
+            .map_err(|e| TokenError::Malformed(e.to_string()))?;
         let (facts, rules, checks, _) = authorizer.dump();
         let mut strings = BTreeSet::new();
         for f in &facts {

@@ -438,3 +438,58 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A plain HTTP server on loopback that answers every GET with `hello from <path>` and counts
+/// the requests it received, so a test can prove a refused fetch made no request.
+pub struct Origin {
+    pub addr: std::net::SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    pub paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Origin {
+    pub fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (h, p) = (Arc::clone(&hits), Arc::clone(&paths));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                p.lock().unwrap().push(path.clone());
+                let body = format!("hello from {path}");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Origin { addr, hits, paths }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Appends a block to a token offline, as a sub-agent would with any Biscuit library.
+pub fn attenuate(token: &str, datalog: &str) -> String {
+    use biscuit_auth::{BlockBuilder, UnverifiedBiscuit};
+    let t = UnverifiedBiscuit::from_base64(token).expect("token parses");
+    t.append(BlockBuilder::new().code(datalog).expect("block datalog parses"))
+        .expect("append")
+        .to_base64()
+        .expect("encode")
+}
