@@ -12,7 +12,12 @@ use common::*;
 use serde_json::{Value, json};
 
 /// POSTs a raw JSON-RPC tools/call to `/mcp` with an optional bearer token.
-async fn raw_call(server: &Server, token: Option<&str>, tool: &str, arguments: Value) -> reqwest::Response {
+async fn raw_call(
+    server: &Server,
+    token: Option<&str>,
+    tool: &str,
+    arguments: Value,
+) -> reqwest::Response {
     let mut req = reqwest::Client::new()
         .post(server.url())
         .header("accept", "application/json, text/event-stream")
@@ -33,7 +38,10 @@ fn assert_401(resp: &reqwest::Response, why: &str) {
         .to_str()
         .unwrap();
     assert!(challenge.starts_with("Bearer "), "{why}: {challenge}");
-    assert!(challenge.contains("error=\"invalid_token\""), "{why}: {challenge}");
+    assert!(
+        challenge.contains("error=\"invalid_token\""),
+        "{why}: {challenge}"
+    );
 }
 
 /// Flips one byte of the token's binary form (inside the last block's signature).
@@ -47,7 +55,12 @@ fn forge(token: &str) -> String {
 
 /// An agent of `acme` that may read, list and write files and fetch URLs.
 fn acme_agent(cg: &Capgate) -> String {
-    cg.mint("agent-a", "acme", &["fs_read", "fs_list", "fs_write", "fs_search", "http_fetch"], &[])
+    cg.mint(
+        "agent-a",
+        "acme",
+        &["fs_read", "fs_list", "fs_write", "fs_search", "http_fetch"],
+        &[],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,38 +86,73 @@ async fn broken_tokens_get_401_and_nothing_runs() {
     ];
     for (i, (why, token)) in cases.iter().enumerate() {
         let path = format!("acme/out/pwned-{i}.txt");
-        let resp = raw_call(&server, token.as_deref(), "fs_write", json!({"path": path, "content": "x"})).await;
+        let resp = raw_call(
+            &server,
+            token.as_deref(),
+            "fs_write",
+            json!({"path": path, "content": "x"}),
+        )
+        .await;
         assert_401(&resp, why);
         assert!(!cg.root.join(&path).exists(), "{why}: the tool ran");
     }
     // A 1 MiB bearer token never reaches capgate: the HTTP server refuses headers that large
     // (431) before any request handling. Nothing runs.
     let huge = "A".repeat(1024 * 1024);
-    let resp = raw_call(&server, Some(&huge), "fs_write", json!({"path": "acme/out/huge.txt", "content": "x"})).await;
+    let resp = raw_call(
+        &server,
+        Some(&huge),
+        "fs_write",
+        json!({"path": "acme/out/huge.txt", "content": "x"}),
+    )
+    .await;
     assert_eq!(resp.status(), 431, "a 1 MiB token");
     assert!(!cg.root.join("acme/out/huge.txt").exists());
     // The valid token still works: the refusals above were about the tokens.
     let client = server.client(&task).await;
-    let r = call(&client, "fs_write", json!({"path": "acme/out/ok.txt", "content": "ok"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/ok.txt", "content": "ok"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
 
     // Over stdio the same tokens are refused per call, as isError results: a forged token in
     // CAPGATE_TOKEN, and (environment variables cannot hold 1 MiB) a 1 MiB token presented per
     // call in `_meta`.
     let client = cg.stdio_client(Some(&forge(&task))).await;
-    let r = call(&client, "fs_write", json!({"path": "acme/out/stdio-pwned.txt", "content": "x"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/stdio-pwned.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "token_bad_signature");
-    assert_eq!(tool_names(&client).await, Vec::<String>::new(), "tools/list leaks nothing");
+    assert_eq!(
+        tool_names(&client).await,
+        Vec::<String>::new(),
+        "tools/list leaks nothing"
+    );
     client.cancel().await.unwrap();
     let client = cg.stdio_client(Some(&task)).await;
-    let mut params = rmcp::model::CallToolRequestParams::new("fs_write")
-        .with_arguments(args(json!({"path": "acme/out/stdio-pwned.txt", "content": "x"})));
+    let mut params = rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
+        json!({"path": "acme/out/stdio-pwned.txt", "content": "x"}),
+    ));
     let mut meta = rmcp::model::RequestMetaObject::default();
-    meta.0.0.insert("capgate/token".into(), Value::String("A".repeat(1024 * 1024)));
+    meta.0.0.insert(
+        "capgate/token".into(),
+        Value::String("A".repeat(1024 * 1024)),
+    );
     params.meta = Some(meta);
     let r = client.call_tool(params).await.unwrap();
     assert_eq!(denial(&r)["reason"], "token_too_large");
-    assert!(!cg.root.join("acme/out/stdio-pwned.txt").exists(), "the tool ran");
+    assert!(
+        !cg.root.join("acme/out/stdio-pwned.txt").exists(),
+        "the tool ran"
+    );
     client.cancel().await.unwrap();
 }
 
@@ -112,24 +160,44 @@ async fn broken_tokens_get_401_and_nothing_runs() {
 async fn expired_agent_tokens_and_expired_tasks_get_401() {
     let cg = Capgate::new();
     let short_agent = {
-        let out = cg.run(&["token", "mint", "--agent", "brief", "--tenant", "acme", "--tool", "fs_write", "--ttl", "3s"]);
+        let out = cg.run(&[
+            "token", "mint", "--agent", "brief", "--tenant", "acme", "--tool", "fs_write", "--ttl",
+            "3s",
+        ]);
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let (_id, under_short_agent) = cg.task(&short_agent, &["fs_write"], &["fs_write=acme/out/"]);
     let agent = acme_agent(&cg);
     let v = cg
-        .begin_cli(&agent, "short", &["fs_write"], &["fs_write=acme/out/"], &["--approved-by", "t", "--ttl", "3s"])
+        .begin_cli(
+            &agent,
+            "short",
+            &["fs_write"],
+            &["fs_write=acme/out/"],
+            &["--approved-by", "t", "--ttl", "3s"],
+        )
         .unwrap();
     let short_task = v["token"].as_str().unwrap().to_owned();
     let server = cg.serve_http();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    for (why, token) in [("expired agent token", &short_agent), ("task of an expired agent", &under_short_agent), ("expired task", &short_task)] {
-        let resp = raw_call(&server, Some(token), "fs_write", json!({"path": "acme/out/late.txt", "content": "x"})).await;
+    for (why, token) in [
+        ("expired agent token", &short_agent),
+        ("task of an expired agent", &under_short_agent),
+        ("expired task", &short_task),
+    ] {
+        let resp = raw_call(
+            &server,
+            Some(token),
+            "fs_write",
+            json!({"path": "acme/out/late.txt", "content": "x"}),
+        )
+        .await;
         assert_401(&resp, why);
         let body: Value = resp.json().await.unwrap();
         assert!(
-            body["message"].as_str().unwrap().contains("expired") || body["message"].as_str().unwrap().contains("revoked"),
+            body["message"].as_str().unwrap().contains("expired")
+                || body["message"].as_str().unwrap().contains("revoked"),
             "{why}: {body}"
         );
     }
@@ -171,37 +239,101 @@ async fn ended_tasks_replay_as_401_with_their_derived_tokens_across_a_restart() 
     // A sub-agent narrows the task token offline to one file.
     let derived = attenuate(
         &task,
-        &format!("check if resource($r), $r == \"{}\";", cg.root.join("acme/out/sub.txt").display()),
+        &format!(
+            "check if resource($r), $r == \"{}\";",
+            cg.root.join("acme/out/sub.txt").display()
+        ),
     );
     let sub = server.client(&derived).await;
-    let r = call(&sub, "fs_write", json!({"path": "acme/out/sub.txt", "content": "from the sub-agent"})).await.unwrap();
-    assert_eq!(r.is_error, Some(false), "derived tokens are accepted while valid: {r:?}");
-    let r = call(&sub, "fs_write", json!({"path": "acme/out/other.txt", "content": "x"})).await.unwrap();
-    assert_eq!(denial(&r)["reason"], "resource_not_granted", "and can only narrow");
+    let r = call(
+        &sub,
+        "fs_write",
+        json!({"path": "acme/out/sub.txt", "content": "from the sub-agent"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "derived tokens are accepted while valid: {r:?}"
+    );
+    let r = call(
+        &sub,
+        "fs_write",
+        json!({"path": "acme/out/other.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        denial(&r)["reason"],
+        "resource_not_granted",
+        "and can only narrow"
+    );
     assert!(!cg.root.join("acme/out/other.txt").exists());
 
-    let resp = http.delete(format!("{}/v1/tasks/{id}", server.base())).bearer_auth(&agent).send().await.unwrap();
+    let resp = http
+        .delete(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    for (why, token) in [("ended task", &task), ("token derived from the ended task", &derived)] {
-        let resp = raw_call(&server, Some(token), "fs_write", json!({"path": "acme/out/replay.txt", "content": "x"})).await;
+    for (why, token) in [
+        ("ended task", &task),
+        ("token derived from the ended task", &derived),
+    ] {
+        let resp = raw_call(
+            &server,
+            Some(token),
+            "fs_write",
+            json!({"path": "acme/out/replay.txt", "content": "x"}),
+        )
+        .await;
         assert_401(&resp, why);
     }
     // An already-open session is refused too: revocation is checked on every request.
-    let r = sub.call_tool(rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(json!({"path": "acme/out/sub.txt", "content": "again"})))).await;
-    assert!(r.is_err(), "the open session of a revoked token is refused at the HTTP layer");
-    assert_eq!(std::fs::read_to_string(cg.root.join("acme/out/sub.txt")).unwrap(), "from the sub-agent");
+    let r = sub
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
+                json!({"path": "acme/out/sub.txt", "content": "again"}),
+            )),
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "the open session of a revoked token is refused at the HTTP layer"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cg.root.join("acme/out/sub.txt")).unwrap(),
+        "from the sub-agent"
+    );
 
     // A restart keeps every revocation.
     assert!(server.stop().success());
     let server = cg.serve_http();
-    for (why, token) in [("ended task after restart", &task), ("derived token after restart", &derived)] {
-        let resp = raw_call(&server, Some(token), "fs_write", json!({"path": "acme/out/replay.txt", "content": "x"})).await;
+    for (why, token) in [
+        ("ended task after restart", &task),
+        ("derived token after restart", &derived),
+    ] {
+        let resp = raw_call(
+            &server,
+            Some(token),
+            "fs_write",
+            json!({"path": "acme/out/replay.txt", "content": "x"}),
+        )
+        .await;
         assert_401(&resp, why);
     }
     assert!(!cg.root.join("acme/out/replay.txt").exists());
     // Over stdio as well.
     let client = cg.stdio_client(Some(&task)).await;
-    let r = call(&client, "fs_write", json!({"path": "acme/out/replay.txt", "content": "x"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/replay.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "token_revoked");
     assert!(!cg.root.join("acme/out/replay.txt").exists());
     client.cancel().await.unwrap();
@@ -223,29 +355,70 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
     let client = server.client(&task).await;
 
     // A tool that is not granted.
-    let r = call(&client, "fs_list", json!({"path": "acme/docs"})).await.unwrap();
+    let r = call(&client, "fs_list", json!({"path": "acme/docs"}))
+        .await
+        .unwrap();
     assert_eq!(denial(&r)["reason"], "tool_not_granted");
     // A resource outside the granted prefix: by `..`, through a symlink, percent-encoded.
-    for path in ["acme/docs/../out/dotdot.txt", "acme/docs/link/symlinked.txt", "acme/docs%2F..%2Fout/encoded.txt"] {
-        let r = call(&client, "fs_write", json!({"path": path, "content": "x"})).await.unwrap();
+    for path in [
+        "acme/docs/../out/dotdot.txt",
+        "acme/docs/link/symlinked.txt",
+        "acme/docs%2F..%2Fout/encoded.txt",
+    ] {
+        let r = call(&client, "fs_write", json!({"path": path, "content": "x"}))
+            .await
+            .unwrap();
         let d = denial(&r);
         assert_eq!(d["reason"], "resource_not_granted", "{path}: {d}");
-        assert!(d["message"].as_str().unwrap().contains("starts_with"), "the failed check is named: {d}");
+        assert!(
+            d["message"].as_str().unwrap().contains("starts_with"),
+            "the failed check is named: {d}"
+        );
     }
-    let written: Vec<_> = cg.workspace_snapshot().into_iter().filter(|(p, _)| p.to_string_lossy().contains("acme/out")).collect();
-    assert!(written.is_empty(), "nothing was written outside the prefix: {written:?}");
+    let written: Vec<_> = cg
+        .workspace_snapshot()
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("acme/out"))
+        .collect();
+    assert!(
+        written.is_empty(),
+        "nothing was written outside the prefix: {written:?}"
+    );
     assert!(!cg.root.join("acme/docs%2F..%2Fout").exists());
 
     // http_fetch: inside the prefix it fetches; `%2e%2e` normalizes outside it and is denied; an
     // encoded slash is refused as ambiguous. Only the allowed call reached the origin.
-    let r = call(&client, "http_fetch", json!({"url": origin.url("/docs/page")})).await.unwrap();
+    let r = call(
+        &client,
+        "http_fetch",
+        json!({"url": origin.url("/docs/page")}),
+    )
+    .await
+    .unwrap();
     assert_eq!(text(&r), "hello from /docs/page", "{r:?}");
-    let r = call(&client, "http_fetch", json!({"url": origin.url("/docs/%2e%2e/admin")})).await.unwrap();
+    let r = call(
+        &client,
+        "http_fetch",
+        json!({"url": origin.url("/docs/%2e%2e/admin")}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "resource_not_granted");
     assert_eq!(denial(&r)["resource"], origin.url("/admin"));
-    let e = call(&client, "http_fetch", json!({"url": origin.url("/docs/..%2fadmin")})).await.unwrap_err();
+    let e = call(
+        &client,
+        "http_fetch",
+        json!({"url": origin.url("/docs/..%2fadmin")}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(rpc_code(&e), -32602);
-    assert_eq!(origin.hits(), 1, "refused fetches made no request: {:?}", origin.paths.lock().unwrap());
+    assert_eq!(
+        origin.hits(),
+        1,
+        "refused fetches made no request: {:?}",
+        origin.paths.lock().unwrap()
+    );
     client.cancel().await.unwrap();
 }
 
@@ -274,16 +447,27 @@ async fn tenant_boundaries_hold_at_issuance_and_at_call_time() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    assert_eq!(resp.json::<Value>().await.unwrap()["reason"], "tenant-mismatch");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["reason"],
+        "tenant-mismatch"
+    );
 
     // A task over all of fs_read still cannot reach another tenant's files.
     let (_id, task) = cg.task(&agent, &["fs_read"], &[]);
     let client = server.client(&task).await;
-    let r = call(&client, "fs_read", json!({"path": "globex/plans/secret-plan.txt"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_read",
+        json!({"path": "globex/plans/secret-plan.txt"}),
+    )
+    .await
+    .unwrap();
     let d = denial(&r);
     assert_eq!(d["reason"], "cross-tenant", "{d}");
     assert!(!text(&r).contains("globex plan"));
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await.unwrap();
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
     assert_eq!(r.is_error, Some(false));
     client.cancel().await.unwrap();
 }
@@ -303,11 +487,26 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
          granted_prefix(\"fs_read\", \"\"); task(\"forged\"); tenant(\"globex\");",
     );
     let client = server.client(&widened).await;
-    assert_eq!(tool_names(&client).await, vec!["fs_read", "task_begin", "task_end"]);
-    let r = call(&client, "fs_write", json!({"path": "acme/docs/w.txt", "content": "x"})).await.unwrap();
+    assert_eq!(
+        tool_names(&client).await,
+        vec!["fs_read", "task_begin", "task_end"]
+    );
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/docs/w.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "tool_not_granted");
     assert!(!cg.root.join("acme/docs/w.txt").exists());
-    let r = call(&client, "fs_read", json!({"path": "acme/out/../../shared/common.txt"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_read",
+        json!({"path": "acme/out/../../shared/common.txt"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "resource_not_granted");
     client.cancel().await.unwrap();
 
@@ -316,7 +515,9 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     let facts: String = (0..50).map(|i| format!("n({i});")).collect();
     let bomb = attenuate(
         &task,
-        &format!("{facts} pair($x, $y) <- n($x), n($y); triple($x, $y, $z) <- pair($x, $y), n($z); check if pair(0, 0);"),
+        &format!(
+            "{facts} pair($x, $y) <- n($x), n($y); triple($x, $y, $z) <- pair($x, $y), n($z); check if pair(0, 0);"
+        ),
     );
     let client = server.client(&bomb).await;
     let r = tokio::time::timeout(
@@ -330,8 +531,14 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     assert_eq!(d["reason"], "run_limit", "{d}");
     client.cancel().await.unwrap();
     let client = server.client(&task).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await.unwrap();
-    assert_eq!(r.is_error, Some(false), "a legitimate token passes under the same limits");
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "a legitimate token passes under the same limits"
+    );
     client.cancel().await.unwrap();
 }
 
@@ -343,12 +550,27 @@ async fn arg_constraints_are_enforced_before_the_tool_runs() {
     // The sub-agent may only append.
     let append_only = attenuate(&task, "check if arg(\"append\", true);");
     let client = cg.stdio_client(Some(&append_only)).await;
-    let r = call(&client, "fs_write", json!({"path": "acme/out/log.txt", "content": "replace"})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/log.txt", "content": "replace"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "arg_constraint");
     assert!(!cg.root.join("acme/out/log.txt").exists());
-    let r = call(&client, "fs_write", json!({"path": "acme/out/log.txt", "content": "line\n", "append": true})).await.unwrap();
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/log.txt", "content": "line\n", "append": true}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
-    assert_eq!(std::fs::read_to_string(cg.root.join("acme/out/log.txt")).unwrap(), "line\n");
+    assert_eq!(
+        std::fs::read_to_string(cg.root.join("acme/out/log.txt")).unwrap(),
+        "line\n"
+    );
     client.cancel().await.unwrap();
 }
 
@@ -356,7 +578,11 @@ async fn arg_constraints_are_enforced_before_the_tool_runs() {
 async fn tools_list_shows_exactly_what_the_token_can_call() {
     let cg = Capgate::new();
     let agent = acme_agent(&cg);
-    let (_id, task) = cg.task(&agent, &["fs_read", "fs_list"], &["fs_read=acme/docs/", "fs_list=acme/"]);
+    let (_id, task) = cg.task(
+        &agent,
+        &["fs_read", "fs_list"],
+        &["fs_read=acme/docs/", "fs_list=acme/"],
+    );
     let narrower = attenuate(&task, "check if tool($t), [\"fs_read\"].contains($t);");
     let server = cg.serve_http();
     for (token, want) in [
@@ -370,7 +596,9 @@ async fn tools_list_shows_exactly_what_the_token_can_call() {
     }
     // The agent token alone reaches no tool.
     let client = server.client(&agent).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await.unwrap();
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
     assert_eq!(denial(&r)["reason"], "task-required");
     client.cancel().await.unwrap();
 }
@@ -378,38 +606,87 @@ async fn tools_list_shows_exactly_what_the_token_can_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_task_requests_mint_nothing() {
     let cg = Capgate::new();
-    let reader = cg.mint("reader", "acme", &["fs_read", "fs_write"], &["fs_read=acme/docs/"]);
+    let reader = cg.mint(
+        "reader",
+        "acme",
+        &["fs_read", "fs_write"],
+        &["fs_read=acme/docs/"],
+    );
     let server = cg.serve_http();
     let http = reqwest::Client::new();
     let cases = [
-        ("ttl-too-long", json!({"purpose": "p", "tools": ["fs_read"], "ttl": "2h"})),
-        ("tool-not-in-rights", json!({"purpose": "p", "tools": ["http_fetch"]})),
-        ("approval-required", json!({"purpose": "p", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}})),
-        ("resource-outside-agent-prefix", json!({"purpose": "p", "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}})),
-        ("purpose-required", json!({"purpose": "", "tools": ["fs_read"]})),
+        (
+            "ttl-too-long",
+            json!({"purpose": "p", "tools": ["fs_read"], "ttl": "2h"}),
+        ),
+        (
+            "tool-not-in-rights",
+            json!({"purpose": "p", "tools": ["http_fetch"]}),
+        ),
+        (
+            "approval-required",
+            json!({"purpose": "p", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}}),
+        ),
+        (
+            "resource-outside-agent-prefix",
+            json!({"purpose": "p", "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}}),
+        ),
+        (
+            "purpose-required",
+            json!({"purpose": "", "tools": ["fs_read"]}),
+        ),
     ];
     for (rule, intent) in cases {
-        let resp = http.post(format!("{}/v1/tasks", server.base())).bearer_auth(&reader).json(&intent).send().await.unwrap();
+        let resp = http
+            .post(format!("{}/v1/tasks", server.base()))
+            .bearer_auth(&reader)
+            .json(&intent)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 403, "{rule}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["reason"], rule, "{body}");
-        assert!(body["message"].as_str().unwrap().contains(rule), "the rule is named: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(rule),
+            "the rule is named: {body}"
+        );
         assert!(body.get("token").is_none());
     }
     // Malformed requests are 400 with a message, not a refusal or a crash.
-    for bad in [json!({"tools": ["fs_read"]}), json!({"purpose": "p", "tools": ["nope"]}), json!({"purpose": "p", "tools": ["fs_read"], "ttl": "soon"})] {
-        let resp = http.post(format!("{}/v1/tasks", server.base())).bearer_auth(&reader).json(&bad).send().await.unwrap();
+    for bad in [
+        json!({"tools": ["fs_read"]}),
+        json!({"purpose": "p", "tools": ["nope"]}),
+        json!({"purpose": "p", "tools": ["fs_read"], "ttl": "soon"}),
+    ] {
+        let resp = http
+            .post(format!("{}/v1/tasks", server.base()))
+            .bearer_auth(&reader)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 400, "{bad}");
     }
     // The CLI refuses the same way, with the rule.
-    let err = cg.begin_cli(&reader, "p", &["fs_read"], &[], &["--ttl", "3h"]).unwrap_err();
+    let err = cg
+        .begin_cli(&reader, "p", &["fs_read"], &[], &["--ttl", "3h"])
+        .unwrap_err();
     assert!(err.contains("ttl-too-long"), "{err}");
     // No task record exists.
     let out = cg.run(&["task", "list"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "no task was recorded");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "no task was recorded"
+    );
     // Every refusal is in the audit log: five policy refusals and two invalid requests over
     // HTTP, one from the CLI. (The body without `purpose` never became a request.)
-    let refusals = cg.audit().into_iter().filter(|r| r["kind"] == "issuance" && r["decision"] == "deny").count();
+    let refusals = cg
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "issuance" && r["decision"] == "deny")
+        .count();
     assert_eq!(refusals, 8);
 }

@@ -204,6 +204,13 @@ resources = ["globex/"]
     }
 
     pub async fn stdio_client_with(&self, token: Option<&str>, env: &[(&str, &str)]) -> Client {
+        ().serve(self.stdio_transport(token, env))
+            .await
+            .expect("stdio client initialize")
+    }
+
+    /// The child-process transport of `capgate serve --stdio`, for clients with their own handler.
+    pub fn stdio_transport(&self, token: Option<&str>, env: &[(&str, &str)]) -> TokioChildProcess {
         let config = self.config.clone();
         let dir = self.dir.path().to_path_buf();
         let token = token.map(str::to_owned);
@@ -211,27 +218,25 @@ resources = ["globex/"]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let transport =
-            TokioChildProcess::builder(tokio::process::Command::new(BIN).configure(|c| {
-                c.current_dir(&dir)
-                    .arg("--config")
-                    .arg(&config)
-                    .args(["serve", "--stdio"])
-                    .env_remove("CAPGATE_TOKEN")
-                    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                    .env("CAPGATE_LOG", "warn");
-                if let Some(t) = &token {
-                    c.env("CAPGATE_TOKEN", t);
-                }
-                for (k, v) in &env {
-                    c.env(k, v);
-                }
-            }))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn capgate serve --stdio")
-            .0;
-        ().serve(transport).await.expect("stdio client initialize")
+        TokioChildProcess::builder(tokio::process::Command::new(BIN).configure(|c| {
+            c.current_dir(&dir)
+                .arg("--config")
+                .arg(&config)
+                .args(["serve", "--stdio"])
+                .env_remove("CAPGATE_TOKEN")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env("CAPGATE_LOG", "warn");
+            if let Some(t) = &token {
+                c.env("CAPGATE_TOKEN", t);
+            }
+            for (k, v) in &env {
+                c.env(k, v);
+            }
+        }))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn capgate serve --stdio")
+        .0
     }
 
     /// Every file under the outside directory, with content: a test asserts it never changes.
@@ -328,10 +333,16 @@ impl Server {
 
     /// An rmcp client presenting `token` as Bearer.
     pub async fn client(&self, token: &str) -> Client {
+        ().serve(self.transport(token))
+            .await
+            .expect("http client initialize")
+    }
+
+    /// The streamable HTTP transport presenting `token`, for clients with their own handler.
+    pub fn transport(&self, token: &str) -> StreamableHttpClientTransport<reqwest::Client> {
         let cfg =
             StreamableHttpClientTransportConfig::with_uri(self.url()).auth_header(token.to_owned());
-        let transport = StreamableHttpClientTransport::from_config(cfg);
-        ().serve(transport).await.expect("http client initialize")
+        StreamableHttpClientTransport::from_config(cfg)
     }
 
     /// Sends SIGTERM and waits for exit.
@@ -488,8 +499,12 @@ impl Origin {
 pub fn attenuate(token: &str, datalog: &str) -> String {
     use biscuit_auth::{BlockBuilder, UnverifiedBiscuit};
     let t = UnverifiedBiscuit::from_base64(token).expect("token parses");
-    t.append(BlockBuilder::new().code(datalog).expect("block datalog parses"))
-        .expect("append")
-        .to_base64()
-        .expect("encode")
+    t.append(
+        BlockBuilder::new()
+            .code(datalog)
+            .expect("block datalog parses"),
+    )
+    .expect("append")
+    .to_base64()
+    .expect("encode")
 }

@@ -1,0 +1,547 @@
+//! Issuance happy paths against the real binary: over HTTP (`/v1/tasks`), from the CLI, and
+//! in-band (`task_begin` / `task_end`) over stdio and HTTP, with approval asked through MCP
+//! elicitation; tokens narrowed by the `biscuit-auth` crate directly, and per-call `_meta` tokens.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
+    ElicitationAction, Implementation, RequestMetaObject,
+};
+use rmcp::service::{RequestContext, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, ErrorData};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuance_over_http() {
+    let cg = Capgate::new();
+    let agent = cg.mint(
+        "writer",
+        "acme",
+        &["fs_read", "fs_write"],
+        &["fs_write=acme/out/"],
+    );
+    let stranger = cg.mint("stranger", "acme", &["fs_read"], &[]);
+    let server = cg.serve_http();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/v1/tasks", server.base()))
+        .bearer_auth(&agent)
+        .json(&json!({
+            "purpose": "Write the weekly report",
+            "tools": ["fs_read", "fs_write"],
+            "resources": {"fs_read": ["acme/docs/"], "fs_write": ["acme/out/report.txt"]},
+            "ttl": 600,
+            "on_behalf_of": "alice",
+            "approved_by": "bob"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    let id = body["task_id"].as_str().unwrap();
+    assert_eq!(location, format!("/v1/tasks/{id}"));
+    let root = cg.root.display();
+    assert_eq!(
+        body["granted"],
+        json!({"fs_read": [format!("{root}/acme/docs/")], "fs_write": [format!("{root}/acme/out/report.txt")]})
+    );
+    assert_eq!(body["trace_id"].as_str().unwrap().len(), 32);
+    let token = body["token"].as_str().unwrap();
+
+    let client = server.client(token).await;
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/report.txt", "content": "weekly"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/other.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(denial(&r)["reason"], "resource_not_granted");
+    client.cancel().await.unwrap();
+
+    let got: Value = http
+        .get(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["active"], true);
+    assert_eq!(got["task"]["intent"]["on_behalf_of"], "alice");
+    assert!(
+        got["task"].get("token").is_none(),
+        "the store never holds the bearer token"
+    );
+    let usage = got["usage"].as_array().unwrap();
+    assert_eq!(usage[0]["tool"], "fs_write");
+    assert_eq!(usage[0]["calls"], 2);
+    assert_eq!(usage[0]["denied"], 1);
+    // Another agent learns nothing about the task and cannot end it.
+    let resp = http
+        .get(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = http
+        .delete(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // The task token itself may end its task.
+    let ended: Value = http
+        .delete(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["ended"], true);
+    let got: Value = http
+        .get(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["active"], false);
+    assert_eq!(got["task"]["end_reason"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuance_from_the_cli_and_inspection() {
+    let cg = Capgate::new();
+    let agent = cg.mint("cli-agent", "acme", &["fs_read"], &[]);
+    let v = cg
+        .begin_cli(
+            &agent,
+            "read the docs",
+            &["fs_read"],
+            &["fs_read=acme/docs/"],
+            &["--ttl", "5m"],
+        )
+        .unwrap();
+    let token = v["token"].as_str().unwrap();
+    let out = cg.run(&["token", "inspect", "--json", token]);
+    assert!(out.status.success());
+    let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        inspected["verification"]
+            .as_str()
+            .unwrap()
+            .starts_with("verified against ed25519/")
+    );
+    assert_eq!(inspected["identity"]["agent"], "cli-agent");
+    let blocks = inspected["blocks"].as_array().unwrap();
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the task token is the agent token plus one block"
+    );
+    assert!(
+        blocks[0]["datalog"]
+            .as_str()
+            .unwrap()
+            .contains("right(\"fs_read\")")
+    );
+    let task_block = blocks[1]["datalog"].as_str().unwrap();
+    assert!(
+        task_block.contains(&format!(
+            "granted_prefix(\"fs_read\", \"{}/acme/docs/\")",
+            cg.root.display()
+        )),
+        "{task_block}"
+    );
+    assert!(
+        task_block.contains("check if time($time), $time <="),
+        "{task_block}"
+    );
+    assert_eq!(blocks[1]["revocation_id"].as_str().unwrap().len(), 128);
+    // The human rendering says the same.
+    let out = cg.run(&["token", "inspect", token]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("── block 1 ──"), "{shown}");
+    // A token of another installation is shown, but does not verify.
+    let other = Capgate::new();
+    let foreign = other.mint("x", "acme", &["fs_read"], &[]);
+    let out = cg.run(&["token", "inspect", &foreign]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does NOT verify"));
+
+    let client = cg.stdio_client(Some(token)).await;
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    client.cancel().await.unwrap();
+    let out = cg.run(&["task", "end", v["task_id"].as_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = cg.stdio_client(Some(token)).await;
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
+        .await
+        .unwrap();
+    assert_eq!(denial(&r)["reason"], "token_revoked");
+    client.cancel().await.unwrap();
+}
+
+/// A client whose human answers approval requests, and which records what it was asked.
+#[derive(Clone)]
+struct Human {
+    answer: Option<(bool, &'static str)>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Human {
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            self.asked.lock().unwrap().push(message.clone());
+        }
+        Ok(match self.answer {
+            Some((approve, name)) => ElicitResult::new(ElicitationAction::Accept)
+                .with_content(json!({"approve": approve, "approver": name})),
+            None => ElicitResult::new(ElicitationAction::Decline),
+        })
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("test-human", "1.0.0"),
+        )
+    }
+}
+
+async fn in_band_flow(
+    client: &rmcp::service::RunningService<RoleClient, impl ClientHandler>,
+    cg: &Capgate,
+) {
+    let names = |c: &rmcp::service::RunningService<RoleClient, _>| {
+        let c = c.peer().clone();
+        async move {
+            let mut n: Vec<String> = c
+                .list_all_tools()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            n.sort();
+            n
+        }
+    };
+    assert_eq!(names(client).await, vec!["task_begin", "task_end"]);
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("fs_read")
+                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&r)["reason"],
+        "task-required",
+        "an agent's own token is not enough"
+    );
+
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("task_begin").with_arguments(args(json!({
+                "purpose": "Summarize the docs",
+                "tools": ["fs_read"],
+                "resources": {"fs_read": ["acme/docs/"]},
+                "ttl": "5m"
+            }))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let begun = r.structured_content.clone().unwrap();
+    assert_eq!(begun["bound_to_session"], true);
+    assert_eq!(
+        names(client).await,
+        vec!["fs_read", "task_begin", "task_end"]
+    );
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("fs_read")
+                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "the session now acts under the task: {r:?}"
+    );
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("fs_read")
+                .with_arguments(args(json!({"path": "shared/common.txt"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&r)["reason"], "resource_not_granted");
+
+    let r = client
+        .call_tool(CallToolRequestParams::new("task_end"))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("fs_read")
+                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&r)["reason"],
+        "task-required",
+        "ending the task ends the session's access"
+    );
+    let task_id = begun["task_id"].as_str().unwrap();
+    let out = cg.run(&["task", "show", task_id, "--json"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["task"]["end_reason"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_band_tasks_over_stdio_and_http() {
+    let cg = Capgate::new();
+    let agent = cg.mint("llm", "acme", &["fs_read"], &[]);
+    let client = ().serve(cg.stdio_transport(Some(&agent), &[])).await.unwrap();
+    in_band_flow(&client, &cg).await;
+    client.cancel().await.unwrap();
+    let server = cg.serve_http();
+    let client = ().serve(server.transport(&agent)).await.unwrap();
+    in_band_flow(&client, &cg).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_band_approval_is_asked_through_elicitation() {
+    let cg = Capgate::new();
+    let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
+    let intent = json!({"purpose": "Save the summary", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]},
+                        "on_behalf_of": "carol"});
+
+    // A human who says yes: the task is issued with them as approver.
+    let yes = Human {
+        answer: Some((true, "Alice")),
+        asked: Arc::default(),
+    };
+    let client = yes
+        .clone()
+        .serve(cg.stdio_transport(Some(&agent), &[]))
+        .await
+        .unwrap();
+    let r = client
+        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let asked = yes.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(
+        asked[0].contains("Save the summary")
+            && asked[0].contains("fs_write")
+            && asked[0].contains("carol"),
+        "{}",
+        asked[0]
+    );
+    let id = r.structured_content.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown: Value =
+        serde_json::from_slice(&cg.run(&["task", "show", &id, "--json"]).stdout).unwrap();
+    assert_eq!(shown["task"]["intent"]["approved_by"], "Alice");
+    let r = client
+        .call_tool(CallToolRequestParams::new("fs_write").with_arguments(args(
+            json!({"path": "acme/out/summary.txt", "content": "ok"}),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    client.cancel().await.unwrap();
+
+    // A human who says no, one who declines the form, and a client without elicitation: refused.
+    let no = Human {
+        answer: Some((false, "Mallory")),
+        asked: Arc::default(),
+    };
+    let declines = Human {
+        answer: None,
+        asked: Arc::default(),
+    };
+    for human in [no, declines] {
+        let client = human
+            .clone()
+            .serve(cg.stdio_transport(Some(&agent), &[]))
+            .await
+            .unwrap();
+        let r = client
+            .call_tool(
+                CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(
+            r.structured_content.unwrap()["capgate"]["reason"],
+            "approval-required"
+        );
+        assert_eq!(human.asked.lock().unwrap().len(), 1, "the human was asked");
+        client.cancel().await.unwrap();
+    }
+    let client = cg.stdio_client(Some(&agent)).await;
+    let r = client
+        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.structured_content.unwrap()["capgate"]["reason"],
+        "approval-required"
+    );
+    client.cancel().await.unwrap();
+    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    assert_eq!(
+        tasks.lines().count(),
+        1,
+        "only the approved task exists: {tasks}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_attenuated_with_biscuit_auth_directly_work_and_are_narrower() {
+    let cg = Capgate::new();
+    let agent = cg.mint("parent", "acme", &["fs_read", "fs_list"], &[]);
+    let (_id, task) = cg.task(
+        &agent,
+        &["fs_read", "fs_list"],
+        &["fs_read=acme/docs/", "fs_list=acme/docs/"],
+    );
+    // A sub-agent's block, written with the biscuit-auth crate, not through capgate: one file,
+    // reads only, and a shorter life.
+    let readme = cg.root.join("acme/docs/readme.txt");
+    let derived = attenuate(
+        &task,
+        &format!(
+            "check if resource($r), $r == \"{}\";\ncheck if operation(\"read\"), tool(\"fs_read\");\ncheck if time($t), $t <= 2099-01-01T00:00:00Z;",
+            readme.display()
+        ),
+    );
+    let server = cg.serve_http();
+    let client = server.client(&derived).await;
+    assert_eq!(
+        tool_names(&client).await,
+        vec!["fs_read", "task_begin", "task_end"]
+    );
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
+        .await
+        .unwrap();
+    let d = denial(&r);
+    assert_eq!(d["reason"], "resource_not_granted", "{d}");
+    assert_eq!(d["failed_checks"][0]["source"], "block 2");
+    let r = call(&client, "fs_list", json!({"path": "acme/docs"}))
+        .await
+        .unwrap();
+    assert_eq!(denial(&r)["decision"], "deny");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_narrower_token_may_be_presented_per_call_in_meta() {
+    let cg = Capgate::new();
+    let agent = cg.mint("meta", "acme", &["fs_read"], &[]);
+    let (_id, task) = cg.task(&agent, &["fs_read"], &["fs_read=acme/docs/"]);
+    let narrower = attenuate(
+        &task,
+        &format!(
+            "check if resource($r), $r.starts_with(\"{}\");",
+            cg.root.join("acme/docs/notes").display()
+        ),
+    );
+    let unrelated = {
+        let other = cg.mint("someone-else", "acme", &["fs_read"], &[]);
+        cg.task(&other, &["fs_read"], &["fs_read=acme/docs/"]).1
+    };
+    let client = cg.stdio_client(Some(&task)).await;
+    let with_meta = |token: &str, path: &str| {
+        let mut p =
+            CallToolRequestParams::new("fs_read").with_arguments(args(json!({"path": path})));
+        let mut meta = RequestMetaObject::default();
+        meta.0
+            .0
+            .insert("capgate/token".into(), Value::String(token.to_owned()));
+        p.meta = Some(meta);
+        p
+    };
+    let r = client
+        .call_tool(with_meta(&narrower, "acme/docs/notes.md"))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = client
+        .call_tool(with_meta(&narrower, "acme/docs/readme.txt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&r)["decision"],
+        "deny",
+        "the per-call token's narrowing applies"
+    );
+    let r = client
+        .call_tool(with_meta(&unrelated, "acme/docs/readme.txt"))
+        .await
+        .unwrap();
+    assert!(
+        denial(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not derive from the session's token")
+    );
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "without _meta the session's token applies"
+    );
+    client.cancel().await.unwrap();
+}
