@@ -690,6 +690,20 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_config_parses_to_the_defaults() {
+        let text = include_str!("../../examples/capgate.toml");
+        let c = parse(text).unwrap();
+        let d = Config::embedded(Path::new("/etc/capgate")).unwrap();
+        assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.tools.fs.root, d.tools.fs.root);
+        assert_eq!(c.server.allowed_hosts, d.server.allowed_hosts);
+        assert_eq!(c.server.allowed_origins, d.server.allowed_origins);
+        assert_eq!(c.guard.max_time, d.guard.max_time);
+        assert_eq!(c.policy.max_task_ttl, d.policy.max_task_ttl);
+        assert_eq!(c.audit.max_bytes, d.audit.max_bytes);
+    }
+
+    #[test]
     fn the_embedded_default_is_valid() {
         let c = Config::embedded(Path::new("/tmp/x")).unwrap();
         assert_eq!(c.tools.fs.root, PathBuf::from("/tmp/x/workspace"));

@@ -26,6 +26,8 @@ pub struct Capgate {
     /// A directory next to the root, outside it, holding `secret.txt`.
     pub outside: PathBuf,
     pub config: PathBuf,
+    /// The binary to run: `capgate`, or an example built on `capgate::main_with`.
+    pub bin: PathBuf,
 }
 
 impl Capgate {
@@ -37,6 +39,11 @@ impl Capgate {
 
     /// Like [`Capgate::new`], with extra TOML appended to the config.
     pub fn with_config(extra: &str) -> Self {
+        Self::with_bin(PathBuf::from(BIN), extra)
+    }
+
+    /// An installation driven by another binary (an example built on `capgate::main_with`).
+    pub fn with_bin(bin: PathBuf, extra: &str) -> Self {
         init_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
@@ -81,6 +88,7 @@ resources = ["globex/"]
             root,
             outside,
             config,
+            bin,
         };
         let out = me.run(&["keys", "init"]);
         assert!(
@@ -101,7 +109,7 @@ resources = ["globex/"]
 
     /// `capgate --config <this config> ...`, run in the installation's directory.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(&self.bin);
         c.current_dir(self.dir.path())
             .arg("--config")
             .arg(&self.config)
@@ -218,7 +226,7 @@ resources = ["globex/"]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        TokioChildProcess::builder(tokio::process::Command::new(BIN).configure(|c| {
+        TokioChildProcess::builder(tokio::process::Command::new(&self.bin).configure(|c| {
             c.current_dir(&dir)
                 .arg("--config")
                 .arg(&config)
@@ -448,6 +456,16 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// An example binary built by `cargo test` (examples are built before tests run).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile.join("examples").join(name);
+    assert!(bin.is_file(), "{} is not built; run the tests with `cargo test`, which builds examples", bin.display());
+    bin
 }
 
 /// A plain HTTP server on loopback that answers every GET with `hello from <path>` and counts
