@@ -50,7 +50,10 @@ fn project(name: &str) -> Result<&str, ToolError> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         Ok(name)
     } else {
-        Err(ToolError::invalid("project", "letters, digits and `-` only"))
+        Err(ToolError::invalid(
+            "project",
+            "letters, digits and `-` only",
+        ))
     }
 }
 
@@ -67,15 +70,27 @@ fn main() -> ExitCode {
                 move |args: GetTicket, resource: Resource, _ctx| {
                     let t = Arc::clone(&t);
                     async move {
-                        let tickets = t.tickets.lock().map_err(|_| ToolError::failed("tracker unavailable"))?;
+                        let tickets = t
+                            .tickets
+                            .lock()
+                            .map_err(|_| ToolError::failed("tracker unavailable"))?;
                         match tickets.get(resource.as_str()) {
                             Some(ticket) => Ok(ToolOutput::structured(ticket.clone())),
-                            None => Err(ToolError::failed(format!("no ticket {}/{}", args.project, args.id))),
+                            None => Err(ToolError::failed(format!(
+                                "no ticket {}/{}",
+                                args.project, args.id
+                            ))),
                         }
                     }
                 },
             )
-            .resource(|a: &GetTicket| Ok(Resource::new(format!("ticket:{}/{}", project(&a.project)?, a.id)))),
+            .resource(|a: &GetTicket| {
+                Ok(Resource::new(format!(
+                    "ticket:{}/{}",
+                    project(&a.project)?,
+                    a.id
+                )))
+            }),
         )?;
 
         // Form 2: a dynamic tool. Schema as JSON at run time, arguments as a JSON object.
@@ -89,7 +104,9 @@ fn main() -> ExitCode {
             "required": ["project", "title"],
             "additionalProperties": false
         });
-        let Value::Object(schema) = schema else { unreachable!("a JSON object literal") };
+        let Value::Object(schema) = schema else {
+            unreachable!("a JSON object literal")
+        };
         let t = Arc::clone(&tracker);
         registry.register(
             DynamicTool::new(

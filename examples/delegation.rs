@@ -31,27 +31,42 @@ async fn main() -> ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     capgate::host::install_crypto_provider();
     let mut args = std::env::args().skip(1);
-    let task_token = args.next().ok_or("usage: delegation <task token> <absolute file path>")?;
-    let file = args.next().ok_or("usage: delegation <task token> <absolute file path>")?;
+    let task_token = args
+        .next()
+        .ok_or("usage: delegation <task token> <absolute file path>")?;
+    let file = args
+        .next()
+        .ok_or("usage: delegation <task token> <absolute file path>")?;
     let url = std::env::var("CAPGATE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080/mcp".into());
 
     // The sub-agent's block: this one file, reads only, ten minutes. No key is needed to append.
-    let expiry = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(600));
+    let expiry = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+    );
     let block = BlockBuilder::new().code(format!(
         "check if resource($r), $r == {file:?};\ncheck if operation(\"read\");\ncheck if time($t), $t <= {expiry};"
     ))?;
-    let derived = UnverifiedBiscuit::from_base64(&task_token)?.append(block)?.to_base64()?;
-    println!("derived token: {} blocks", UnverifiedBiscuit::from_base64(&derived)?.block_count());
+    let derived = UnverifiedBiscuit::from_base64(&task_token)?
+        .append(block)?
+        .to_base64()?;
+    println!(
+        "derived token: {} blocks",
+        UnverifiedBiscuit::from_base64(&derived)?.block_count()
+    );
 
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(url).auth_header(derived),
     );
     let client = ().serve(transport).await?;
-    let read = |path: String| CallToolRequestParams::new("fs_read").with_arguments(object(json!({"path": path})));
+    let read = |path: String| {
+        CallToolRequestParams::new("fs_read").with_arguments(object(json!({"path": path})))
+    };
     let ok = client.call_tool(read(file.clone())).await?;
     println!("read {file}: isError={:?}", ok.is_error);
     let sibling = std::path::Path::new(&file).with_file_name("any-other-file");
-    let denied = client.call_tool(read(sibling.display().to_string())).await?;
+    let denied = client
+        .call_tool(read(sibling.display().to_string()))
+        .await?;
     println!(
         "read {}: {}",
         sibling.display(),

@@ -9,33 +9,91 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread")]
 async fn custom_tools_are_hosted_behind_the_same_guard() {
     let cg = Capgate::with_bin(example_bin("custom_tool"), "");
-    let agent = cg.mint("triage", "acme", &["ticket_get", "ticket_create"], &["ticket_create=ticket:web/"]);
+    let agent = cg.mint(
+        "triage",
+        "acme",
+        &["ticket_get", "ticket_create"],
+        &["ticket_create=ticket:web/"],
+    );
     // ticket_create writes: without an approver the shipped policy refuses the task.
-    let err = cg.begin_cli(&agent, "file bugs", &["ticket_create"], &[], &[]).unwrap_err();
+    let err = cg
+        .begin_cli(&agent, "file bugs", &["ticket_create"], &[], &[])
+        .unwrap_err();
     assert!(err.contains("approval-required"), "{err}");
-    let (_id, task) = cg.task(&agent, &["ticket_get", "ticket_create"], &["ticket_create=ticket:web/"]);
+    let (_id, task) = cg.task(
+        &agent,
+        &["ticket_get", "ticket_create"],
+        &["ticket_create=ticket:web/"],
+    );
 
     let client = cg.stdio_client(Some(&task)).await;
-    assert_eq!(tool_names(&client).await, vec!["task_begin", "task_end", "ticket_create", "ticket_get"]);
+    assert_eq!(
+        tool_names(&client).await,
+        vec!["task_begin", "task_end", "ticket_create", "ticket_get"]
+    );
     // The DynamicTool's run-time schema is enforced before anything else.
-    let e = call(&client, "ticket_create", json!({"project": "web", "title": "x", "priority": "urgent"})).await.unwrap_err();
+    let e = call(
+        &client,
+        "ticket_create",
+        json!({"project": "web", "title": "x", "priority": "urgent"}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(rpc_code(&e), -32602);
-    let r = call(&client, "ticket_create", json!({"project": "web", "title": "Login button broken"})).await.unwrap();
+    let r = call(
+        &client,
+        "ticket_create",
+        json!({"project": "web", "title": "Login button broken"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
     assert_eq!(r.structured_content.as_ref().unwrap()["id"], 1);
     // Outside the agent's project prefix (and so the task's): denied, nothing created; the
     // operator's rule is named first, the task block's failed check is listed too.
-    let r = call(&client, "ticket_create", json!({"project": "payments", "title": "x"})).await.unwrap();
+    let r = call(
+        &client,
+        "ticket_create",
+        json!({"project": "payments", "title": "x"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(denial(&r)["reason"], "resource-outside-agent-prefix");
     let checks = denial(&r)["failed_checks"].as_array().unwrap().clone();
-    assert!(checks.iter().any(|c| c["rule"] == "resource_not_granted" && c["source"] == "block 1"), "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["rule"] == "resource_not_granted" && c["source"] == "block 1"),
+        "{checks:?}"
+    );
     assert_eq!(denial(&r)["resource"], "ticket:payments/");
     // The TypedTool reads what the DynamicTool wrote.
-    let r = call(&client, "ticket_get", json!({"project": "web", "id": 1})).await.unwrap();
-    assert_eq!(r.structured_content.as_ref().unwrap()["title"], "Login button broken");
-    let r = call(&client, "ticket_create", json!({"project": "web", "title": "Second"})).await.unwrap();
-    assert_eq!(r.structured_content.as_ref().unwrap()["id"], 2, "the denied call created nothing");
-    let r = call(&client, "ticket_get", json!({"project": "payments", "id": 2})).await.unwrap();
+    let r = call(&client, "ticket_get", json!({"project": "web", "id": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.structured_content.as_ref().unwrap()["title"],
+        "Login button broken"
+    );
+    let r = call(
+        &client,
+        "ticket_create",
+        json!({"project": "web", "title": "Second"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.structured_content.as_ref().unwrap()["id"],
+        2,
+        "the denied call created nothing"
+    );
+    let r = call(
+        &client,
+        "ticket_get",
+        json!({"project": "payments", "id": 2}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.is_error, Some(true), "the tool ran and found nothing");
     client.cancel().await.unwrap();
 }

@@ -7,27 +7,26 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// A task over every built-in fs tool, confined to `acme/` (write tools approved).
-fn fs_task(cg: &Capgate) -> (String, String) {
-    let agent = cg.mint(
-        "agent-e2e",
-        "acme",
-        &["fs_read", "fs_list", "fs_write", "fs_search"],
-        &[],
-    );
+/// A task over every built-in tool: the fs tools confined to `acme/`, `http_fetch` to the
+/// origin server (write and network tools approved).
+fn full_task(cg: &Capgate, origin: &Origin) -> (String, String) {
+    let tools = ["fs_read", "fs_list", "fs_write", "fs_search", "http_fetch"];
+    let agent = cg.mint("agent-e2e", "acme", &tools, &[]);
+    let fetch = format!("http_fetch={}", origin.url("/"));
     cg.task(
         &agent,
-        &["fs_read", "fs_list", "fs_write", "fs_search"],
+        &tools,
         &[
             "fs_read=acme/",
             "fs_list=acme/",
             "fs_write=acme/",
             "fs_search=acme/",
+            &fetch,
         ],
     )
 }
 
-async fn happy_paths(client: &Client, cg: &Capgate) {
+async fn happy_paths(client: &Client, cg: &Capgate, origin: &Origin) {
     let names = tool_names(client).await;
     assert_eq!(
         names,
@@ -36,10 +35,48 @@ async fn happy_paths(client: &Client, cg: &Capgate) {
             "fs_read",
             "fs_search",
             "fs_write",
+            "http_fetch",
             "task_begin",
             "task_end"
         ],
         "exactly the granted tools plus the in-band task tools"
+    );
+
+    let r = call(client, "http_fetch", json!({"url": origin.url("/page")}))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "hello from /page", "{r:?}");
+    assert_eq!(r.structured_content.as_ref().unwrap()["status"], 200);
+    let r = call(
+        client,
+        "http_fetch",
+        json!({"url": origin.url("/long"), "max_bytes": 5}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "hello");
+    assert_eq!(r.structured_content.as_ref().unwrap()["truncated"], true);
+    let before = origin.hits();
+    let r = call(
+        client,
+        "http_fetch",
+        json!({"url": origin.url("/redirect")}),
+    )
+    .await
+    .unwrap();
+    assert!(text(&r).contains("not followed"), "{r:?}");
+    assert_eq!(
+        origin.hits(),
+        before + 1,
+        "the redirect target was not fetched"
+    );
+    assert!(
+        !origin
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/elsewhere")
     );
 
     let r = call(client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
@@ -252,9 +289,10 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
 #[tokio::test(flavor = "multi_thread")]
 async fn stdio_happy_paths_and_bad_inputs() {
     let cg = Capgate::new();
-    let (_task, token) = fs_task(&cg);
+    let origin = Origin::start();
+    let (_task, token) = full_task(&cg, &origin);
     let client = cg.stdio_client(Some(&token)).await;
-    happy_paths(&client, &cg).await;
+    happy_paths(&client, &cg, &origin).await;
     bad_inputs(&client, &cg).await;
     client.cancel().await.unwrap();
 }
@@ -262,10 +300,11 @@ async fn stdio_happy_paths_and_bad_inputs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_happy_paths_and_bad_inputs() {
     let cg = Capgate::new();
-    let (_task, token) = fs_task(&cg);
+    let origin = Origin::start();
+    let (_task, token) = full_task(&cg, &origin);
     let server = cg.serve_http();
     let client = server.client(&token).await;
-    happy_paths(&client, &cg).await;
+    happy_paths(&client, &cg, &origin).await;
     bad_inputs(&client, &cg).await;
     client.cancel().await.unwrap();
     assert!(server.stop().success(), "graceful shutdown on SIGTERM");
@@ -274,7 +313,7 @@ async fn http_happy_paths_and_bad_inputs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_bodies_get_413_and_change_nothing() {
     let cg = Capgate::new();
-    let (_task, token) = fs_task(&cg);
+    let (_task, token) = full_task(&cg, &Origin::start());
     let server = cg.serve_http();
     let http = reqwest::Client::new();
     let big = "x".repeat(1024 * 1024 + 10);

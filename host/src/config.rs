@@ -114,22 +114,13 @@ pub struct KeysConfig {
 }
 
 /// `[tools]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolsConfig {
     /// The filesystem tools.
     pub fs: FsToolsConfig,
     /// The HTTP fetch tool.
     pub http_fetch: HttpFetchConfig,
-}
-
-impl Default for ToolsConfig {
-    fn default() -> Self {
-        ToolsConfig {
-            fs: FsToolsConfig::default(),
-            http_fetch: HttpFetchConfig::default(),
-        }
-    }
 }
 
 /// `[tools.fs]`.
@@ -292,7 +283,7 @@ impl Default for AuditConfig {
 }
 
 /// `[telemetry]`. The standard `OTEL_*` variables override these.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// OTLP endpoint. No endpoint (here or in `OTEL_EXPORTER_OTLP_ENDPOINT`): no exporter runs.
@@ -303,17 +294,6 @@ pub struct TelemetryConfig {
     pub service_name: Option<String>,
     /// Record tool arguments and results on spans. Off by default: they may hold secrets.
     pub record_payloads: bool,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            otlp_endpoint: None,
-            otlp_protocol: None,
-            service_name: None,
-            record_payloads: false,
-        }
-    }
 }
 
 /// `[dev]`: switches for local development only.

@@ -401,7 +401,11 @@ impl SessionState {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Arc<VerifiedToken>, TokenError> {
         let presented = self.presented(ctx)?;
-        self.host.guard.check_token(&presented)?;
+        // Over HTTP the authentication layer checked this very token for this very request;
+        // stdio tokens are checked here. (The guard checks revocation again for the call.)
+        if self.transport != Transport::Http {
+            self.host.guard.check_token(&presented)?;
+        }
         let mut effective = presented;
         if let Some(binding) = self
             .binding
@@ -896,7 +900,6 @@ impl ServerHandler for Session {
         Ok(response.into())
     }
 
-    #[allow(clippy::manual_async_fn)]
     fn get_tool(&self, _name: &str) -> Option<McpTool> {
         // Validation happens in capgate's own pipeline (schema first, then the guard); rmcp's
         // separate lookup would bypass the credential, so it is left unused.

@@ -462,14 +462,22 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
 pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
-    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile.join("examples").join(name);
-    assert!(bin.is_file(), "{} is not built; run the tests with `cargo test`, which builds examples", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is not built; run the tests with `cargo test`, which builds examples",
+        bin.display()
+    );
     bin
 }
 
-/// A plain HTTP server on loopback that answers every GET with `hello from <path>` and counts
-/// the requests it received, so a test can prove a refused fetch made no request.
+/// A plain HTTP server on loopback that answers every GET with `hello from <path>` (paths
+/// starting with `/redirect` get a 302 to `/elsewhere`) and counts the requests it received, so
+/// a test can prove a refused fetch made no request.
 pub struct Origin {
     pub addr: std::net::SocketAddr,
     pub hits: Arc<std::sync::atomic::AtomicUsize>,
@@ -493,6 +501,13 @@ impl Origin {
                 let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
                 h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 p.lock().unwrap().push(path.clone());
+                if path.starts_with("/redirect") {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    continue;
+                }
                 let body = format!("hello from {path}");
                 let _ = write!(
                     s,

@@ -348,7 +348,7 @@ fn owned_task(
     s: &AppState,
     token: &VerifiedToken,
     id: &str,
-) -> Result<crate::store::TaskRecord, Response> {
+) -> Result<crate::store::TaskRecord, Box<Response>> {
     let not_found = || {
         json_error(
             StatusCode::NOT_FOUND,
@@ -360,12 +360,12 @@ fn owned_task(
         Ok(Some(t)) if t.agent == token.identity().agent && t.tenant == token.identity().tenant => {
             Ok(t)
         }
-        Ok(_) => Err(not_found()),
-        Err(e) => Err(json_error(
+        Ok(_) => Err(Box::new(not_found())),
+        Err(e) => Err(Box::new(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             &e.to_string(),
-        )),
+        ))),
     }
 }
 
@@ -375,7 +375,7 @@ async fn get_task(State(s): State<AppState>, Path(id): Path<String>, req: Reques
     };
     let task = match owned_task(&s, &token, &id) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     s.host.telemetry().flush_usage();
     let usage = s.host.ledger().store().usage(&id).unwrap_or_default();
@@ -394,7 +394,7 @@ async fn end_task(State(s): State<AppState>, Path(id): Path<String>, req: Reques
     };
     let task = match owned_task(&s, &token, &id) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let host = s.host.clone();
     let tid = task.id.clone();

@@ -1,0 +1,162 @@
+//! The operator's commands: keys, policy checks, and startup refusals.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn keys_init_refuses_to_overwrite_without_force() {
+    let cg = Capgate::new();
+    let key = cg.state().join("root.key");
+    let before = std::fs::read_to_string(&key).unwrap();
+    let out = cg.run(&["keys", "init"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        before,
+        "the key is untouched"
+    );
+    let agent = cg.mint("a", "acme", &["fs_read"], &[]);
+    let out = cg.run(&["keys", "init", "--force"]);
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        public.trim().starts_with("ed25519/") && public.trim().len() == 8 + 64,
+        "{public}"
+    );
+    assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
+    let out = cg.run(&["token", "inspect", &agent]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("does NOT verify"),
+        "tokens of the old key stop verifying"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let out = cg.run(&["keys", "show"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), public);
+}
+
+#[test]
+fn policy_check_reports_parse_errors_with_file_and_line_and_serve_refuses_them() {
+    let cg = Capgate::new();
+    let out = cg.run(&["policy", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok: policies/invocation.datalog (shipped)")
+    );
+
+    let bad = cg.base().join("broken.datalog");
+    std::fs::write(
+        &bad,
+        "// a comment\ncheck if tool($t);\ncheck if resource($r, ;\nallow if true;\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&cg.config).unwrap();
+    std::fs::write(
+        &cg.config,
+        format!("{text}\n[policy]\ninvocation = \"broken.datalog\"\n"),
+    )
+    .unwrap();
+    for args in [
+        &["policy", "check"][..],
+        &["serve", "--http", "127.0.0.1:0"][..],
+    ] {
+        let out = cg.run(args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}:3:", bad.display())),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn predicates_outside_the_vocabulary_are_warned_about() {
+    let cg = Capgate::new();
+    let odd = cg.base().join("odd.datalog");
+    std::fs::write(&odd, "check if tool($t), rigth($t);\nallow if true;\n").unwrap();
+    let text = std::fs::read_to_string(&cg.config).unwrap();
+    std::fs::write(
+        &cg.config,
+        format!("{text}\n[policy]\ninvocation = \"odd.datalog\"\n"),
+    )
+    .unwrap();
+    let out = cg.run(&["policy", "check"]);
+    assert!(out.status.success(), "a warning is not an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("warning: {}:1:", odd.display())) && err.contains("`rigth`"),
+        "{err}"
+    );
+    let out = cg.run(&["policy", "check", "--strict"]);
+    assert_eq!(out.status.code(), Some(2));
+    // serve starts, and says so.
+    let server = cg.serve_http();
+    assert!(server.stderr.lock().unwrap().contains("rigth"));
+}
+
+#[test]
+fn bad_cli_input_gets_a_clear_error() {
+    let cg = Capgate::new();
+    let out = cg.run(&[
+        "token",
+        "mint",
+        "--agent",
+        "a",
+        "--tenant",
+        "t",
+        "--tool",
+        "no_such_tool",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tool `no_such_tool`"));
+    let out = cg.run(&[
+        "token",
+        "mint",
+        "--agent",
+        "a",
+        "--tenant",
+        "t",
+        "--tool",
+        "fs_read",
+        "--resource",
+        "fs_read",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected TOOL=PREFIX"));
+    let out = cg.run(&[
+        "token",
+        "mint",
+        "--agent",
+        "a",
+        "--tenant",
+        "t",
+        "--tool",
+        "fs_read",
+        "--resource",
+        "fs_read=../../etc",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outside the tool root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cg.run(&["token", "inspect", "garbage!"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed token"));
+    let out = cg.run(&["task", "end", "no-such-task"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no task `no-such-task`"));
+}
