@@ -99,6 +99,15 @@ pub enum TokenCommand {
         #[arg(long, default_value = "7d")]
         ttl: String,
     },
+    /// Revoke a token's authority block: the token, every task issued from it and every token
+    /// derived from those stop working at once, across restarts.
+    Revoke {
+        /// The token (`-` reads it from stdin).
+        token: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
     /// Show every block's Datalog, the expiry and revocation ids, and whether the token
     /// verifies against the root key.
     Inspect {

@@ -98,6 +98,18 @@ pub(crate) fn token(
             );
             println!("{encoded}");
         }
+        TokenCommand::Revoke { token, reason } => {
+            let token = read_token_arg(token)?;
+            // Revoking needs no trust in the token: its first revocation id is only ever
+            // matched against tokens that do verify.
+            let ids = biscuit_auth_ids(&token)?;
+            let store = SqliteStore::open(&config.store_file())?;
+            store.revoke(&ids[0], reason)?;
+            eprintln!(
+                "capgate: revoked authority block {}; every task and token derived from this token is refused from now on",
+                ids[0]
+            );
+        }
         TokenCommand::Inspect { token, json } => {
             let token = read_token_arg(token)?;
             let root = RootKey::load(&config.root_key_file())
@@ -112,6 +124,19 @@ pub(crate) fn token(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn biscuit_auth_ids(token: &str) -> anyhow::Result<Vec<String>> {
+    let inspection = capability::inspect(token, None)?;
+    let ids: Vec<String> = inspection
+        .blocks
+        .into_iter()
+        .map(|b| b.revocation_id)
+        .collect();
+    if ids.is_empty() {
+        bail!("the token has no blocks");
+    }
+    Ok(ids)
 }
 
 fn read_token_arg(arg: &str) -> anyhow::Result<String> {

@@ -160,3 +160,48 @@ fn bad_cli_input_gets_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no task `no-such-task`"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_an_agent_token_kills_its_tasks_even_in_a_running_server() {
+    let cg = Capgate::new();
+    let agent = cg.mint("rogue", "acme", &["fs_write"], &[]);
+    let (_id, task) = cg.task(&agent, &["fs_write"], &["fs_write=acme/out/"]);
+    let server = cg.serve_http();
+    let client = server.client(&task).await;
+    let r = call(
+        &client,
+        "fs_write",
+        serde_json::json!({"path": "acme/out/a.txt", "content": "a"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    // Another process (the CLI) revokes the agent token while the server runs.
+    let out = cg.run(&["token", "revoke", &agent, "--reason", "compromised"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = client
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
+                serde_json::json!({"path": "acme/out/b.txt", "content": "b"}),
+            )),
+        )
+        .await;
+    assert!(
+        r.is_err(),
+        "the open session is refused at the HTTP layer: {r:?}"
+    );
+    assert!(!cg.root.join("acme/out/b.txt").exists());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/tasks", server.base()))
+        .bearer_auth(&agent)
+        .json(&serde_json::json!({"purpose": "again", "tools": ["fs_write"], "approved_by": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains("compromised"));
+}
