@@ -458,20 +458,42 @@ pub async fn tool_names(client: &Client) -> Vec<String> {
     names
 }
 
-/// An example binary built by `cargo test` (examples are built before tests run).
+/// An example binary (built on `capgate::main_with`), built into this test's target directory.
+///
+/// A plain `cargo test` builds examples, but `cargo test --test NAME` does not; building here
+/// also guarantees a test never runs a stale example. When it is fresh this is a quick no-op.
 pub fn example_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
-    let profile = exe
+    // <target>/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = profile.join("examples").join(name);
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("<target>/<profile>");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile directory name");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", name])
+        .arg("--target-dir")
+        .arg(target_dir);
+    // `dev` and `test` build into `debug/`; every other profile into a directory of its name.
+    if profile != "debug" {
+        cargo.args(["--profile", profile]);
+    }
+    let out = cargo.output().expect("run cargo");
     assert!(
-        bin.is_file(),
-        "{} is not built; run the tests with `cargo test`, which builds examples",
-        bin.display()
+        out.status.success(),
+        "building example `{name}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{} was not built", bin.display());
     bin
 }
 
