@@ -151,16 +151,10 @@ fn read_token_arg(arg: &str) -> anyhow::Result<String> {
     }
 }
 
-fn host(config: Config, extend: Extend<'_>) -> anyhow::Result<(Host, tokio::runtime::Runtime)> {
-    // The gRPC exporter needs a runtime to exist while it is built and used.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let providers = {
-        let _guard = rt.enter();
-        Providers::from_env(&config.telemetry)?
-    };
+/// A host for one command. Everything it does here is blocking (store, issuer); the exporters
+/// run on their own threads, so no async runtime is needed.
+fn host(config: Config, extend: Extend<'_>) -> anyhow::Result<Host> {
+    let providers = Providers::from_env(&config.telemetry)?;
     let registry = crate::registry(&config, extend)?;
     let mut builder = HostBuilder::new(config).providers(providers);
     *builder.registry_mut() = registry;
@@ -168,7 +162,7 @@ fn host(config: Config, extend: Extend<'_>) -> anyhow::Result<(Host, tokio::runt
     for note in host.notes() {
         eprintln!("capgate: {note}");
     }
-    Ok((host, rt))
+    Ok(host)
 }
 
 pub(crate) fn task(
@@ -179,8 +173,7 @@ pub(crate) fn task(
     match cmd {
         TaskCommand::Begin(args) => begin(config, args, extend),
         TaskCommand::End { id } => {
-            let (host, rt) = host(config, extend)?;
-            let _guard = rt.enter();
+            let host = host(config, extend)?;
             let ended = host.end_task(id, EndReason::Completed)?;
             host.telemetry().shutdown();
             match ended {
@@ -229,8 +222,7 @@ pub(crate) fn task(
 }
 
 fn begin(config: Config, args: &TaskBeginArgs, extend: Extend<'_>) -> anyhow::Result<ExitCode> {
-    let (host, rt) = host(config, extend)?;
-    let _guard = rt.enter();
+    let host = host(config, extend)?;
     let token = host
         .verifier()
         .verify(&args.token)

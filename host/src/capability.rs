@@ -357,8 +357,9 @@ impl VerifiedToken {
         let authority = biscuit
             .print_block_source(0)
             .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let parsed = biscuit_auth::parser::parse_block_source(&authority)
-            .map_err(|_| TokenError::Malformed("the authority block does not print as valid Datalog".into()))?;
+        let parsed = biscuit_auth::parser::parse_block_source(&authority).map_err(|_| {
+            TokenError::Malformed("the authority block does not print as valid Datalog".into())
+        })?;
         let mut agents = Vec::new();
         let mut tenants = Vec::new();
         let mut rights = Vec::new();
@@ -379,12 +380,18 @@ impl VerifiedToken {
                 ("agent", [a]) => agents.push(((*a).to_owned(),)),
                 ("tenant", [t]) => tenants.push(((*t).to_owned(),)),
                 ("right", [t]) => rights.push((*t).to_owned()),
-                ("resource_prefix", [t, p]) => by_tool.entry((*t).to_owned()).or_default().push((*p).to_owned()),
+                ("resource_prefix", [t, p]) => by_tool
+                    .entry((*t).to_owned())
+                    .or_default()
+                    .push((*p).to_owned()),
                 _ => {}
             }
         }
         let agent = single(agents, "exactly one agent($id) fact in the authority block")?;
-        let tenant = single(tenants, "exactly one tenant($t) fact in the authority block")?;
+        let tenant = single(
+            tenants,
+            "exactly one tenant($t) fact in the authority block",
+        )?;
         rights.sort();
         rights.dedup();
         let authorizer = biscuit

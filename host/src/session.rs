@@ -271,8 +271,10 @@ pub(crate) async fn run_call(
         tool: &call.name,
         request_id: &call.request_id,
         protocol: call.protocol.as_deref(),
+        // Only streamable HTTP has MCP sessions; stdio's id is capgate's own, for the `session`
+        // fact, and not an `mcp.session.id`.
         session: Some(&env.session)
-            .filter(|s| s.as_ref() != "none")
+            .filter(|s| env.transport == Transport::Http && s.as_ref() != "none")
             .map(|s| s.as_ref()),
         transport: env.transport,
         traceparent: call.traceparent.as_deref(),

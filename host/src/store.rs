@@ -288,14 +288,16 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn secs(t: SystemTime) -> i64 {
+/// Times are stored as Unix milliseconds: a task span's start must match the real issuance, not
+/// the second it fell in.
+fn millis(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn from_secs(s: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
 const TASK_COLUMNS: &str = "id, agent, tenant, revocation_id, intent, grant_json, created_at, \
@@ -315,9 +317,9 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         revocation_id: row.get(3)?,
         intent: serde_json::from_str(&intent).map_err(|e| bad(4, e))?,
         grant: serde_json::from_str(&grant).map_err(|e| bad(5, e))?,
-        created_at: from_secs(row.get(6)?),
-        expires_at: from_secs(row.get(7)?),
-        ended_at: row.get::<_, Option<i64>>(8)?.map(from_secs),
+        created_at: from_millis(row.get(6)?),
+        expires_at: from_millis(row.get(7)?),
+        ended_at: row.get::<_, Option<i64>>(8)?.map(from_millis),
         end_reason: end_reason.as_deref().and_then(EndReason::parse),
         trace_id: row.get(10)?,
         span_id: row.get(11)?,
@@ -338,9 +340,9 @@ impl TaskStore for SqliteStore {
                     t.revocation_id,
                     intent,
                     grant,
-                    secs(t.created_at),
-                    secs(t.expires_at),
-                    t.ended_at.map(secs),
+                    millis(t.created_at),
+                    millis(t.expires_at),
+                    t.ended_at.map(millis),
                     t.end_reason.map(EndReason::as_str),
                     t.trace_id,
                     t.span_id
@@ -393,7 +395,7 @@ impl TaskStore for SqliteStore {
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([secs(now)], row_to_task)
+            .query_map([millis(now)], row_to_task)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
@@ -409,7 +411,7 @@ impl TaskStore for SqliteStore {
         let changed = tx
             .execute(
                 "UPDATE tasks SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
-                params![id, secs(at), reason.as_str()],
+                params![id, millis(at), reason.as_str()],
             )
             .map_err(|e| self.err(e))?;
         if changed == 0 {
@@ -428,7 +430,7 @@ impl TaskStore for SqliteStore {
                 task.revocation_id,
                 format!("task {}", reason.as_str()),
                 task.id,
-                secs(at)
+                millis(at)
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -440,7 +442,7 @@ impl TaskStore for SqliteStore {
         self.lock()
             .execute(
                 "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
-                params![revocation_id, reason, secs(SystemTime::now())],
+                params![revocation_id, reason, millis(SystemTime::now())],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

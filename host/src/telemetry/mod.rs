@@ -8,17 +8,18 @@
 //!   child, a denied one has none and ends with status ERROR.
 //! * A task's trace id and root span id are fixed at issuance; a call without caller trace
 //!   context is a child of the task's root span, one with caller context is the caller's child
-//!   and links to the task span. The task span itself is exported when the task ends, with its
-//!   real start time and the intent / grant / action summary.
+//!   and links to the task span. The task span itself is exported when the task ends (once
+//!   its usage counters have settled, see `summary.rs`), with its real start time and the
+//!   intent / grant / action summary.
 //! * Every decision is appended to the audit log before it takes effect.
 
 pub mod audit;
 pub mod otel;
+mod summary;
 pub mod usage;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::trace::{
@@ -38,12 +39,16 @@ use crate::tool::{ToolError, ToolOutput};
 
 pub use audit::{AuditLog, AuditRecord};
 pub use otel::Providers;
+use summary::TaskSpans;
 use usage::UsageRecorder;
 
 /// The MCP conventions' bucket boundaries for operation durations, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// `error.type` of a call answered with an `isError` result (MCP semantic conventions).
+const TOOL_ERROR: &str = "tool_error";
 
 /// What the pipeline tells telemetry about a call as it starts.
 pub(crate) struct CallRecord<'a> {
@@ -82,8 +87,9 @@ pub struct Telemetry {
     audit: AuditLog,
     fail_closed: bool,
     record_payloads: bool,
-    usage: UsageRecorder,
-    store: Arc<dyn TaskStore>,
+    usage: Arc<UsageRecorder>,
+    /// Builds task spans once a task's usage has settled; `None` when no spans are exported.
+    task_spans: Option<TaskSpans>,
     providers: Providers,
     tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     metrics: Metrics,
@@ -131,12 +137,14 @@ impl Telemetry {
                 .build(),
         };
         let tracer = providers.tracer.as_ref().map(|p| p.tracer("capgate"));
+        let usage = Arc::new(UsageRecorder::start(Arc::clone(&store)));
+        let task_spans = TaskSpans::start(tracer.clone(), store, Arc::clone(&usage));
         Telemetry {
             audit,
             fail_closed: settings.fail_closed,
             record_payloads: settings.record_payloads,
-            usage: UsageRecorder::start(Arc::clone(&store)),
-            store,
+            usage,
+            task_spans,
             providers,
             tracer,
             metrics,
@@ -153,8 +161,12 @@ impl Telemetry {
         &self.audit
     }
 
-    /// Writes pending usage and exports pending spans and metrics. Blocks.
+    /// Writes pending usage, builds the spans of tasks that have ended (waiting for their usage
+    /// to settle, well under a second) and exports pending spans and metrics. Blocks.
     pub fn flush(&self) {
+        if let Some(t) = &self.task_spans {
+            t.flush();
+        }
         self.usage.flush();
         self.providers.flush();
     }
@@ -164,13 +176,20 @@ impl Telemetry {
         self.usage.flush();
     }
 
-    /// Flushes and stops everything. Blocks; call it off the async threads.
+    /// Flushes and stops everything. Blocks; call it off the async threads. Task spans come
+    /// first (they read usage and export through the providers), the providers last.
     pub fn shutdown(&self) {
+        if let Some(t) = &self.task_spans {
+            t.stop();
+        }
         self.usage.stop();
         self.providers.shutdown();
     }
 
     pub(crate) fn call_span(&self, r: &CallRecord<'_>) -> tracing::Span {
+        // Every attribute is set once, through `set_attribute`: a key that is also a `tracing`
+        // field would be exported twice (the SDK does not deduplicate), which the OpenTelemetry
+        // data model forbids.
         macro_rules! call_span {
             ($($parent:tt)*) => {
                 tracing::info_span!(
@@ -179,8 +198,6 @@ impl Telemetry {
                     "tools/call",
                     otel.name = %format_args!("tools/call {}", r.tool),
                     otel.kind = "server",
-                    "gen_ai.tool.name" = %r.tool,
-                    "capgate.decision" = tracing::field::Empty,
                 )
             };
         }
@@ -191,20 +208,27 @@ impl Telemetry {
         };
         let task_ctx = r.task.and_then(task_span_context);
         if !r.nested {
-            match r.traceparent.and_then(parse_traceparent) {
+            // The parent must be set before the span is first entered (or its context read):
+            // tracing-opentelemetry starts the OpenTelemetry span then, and a started span's
+            // parent can no longer change.
+            let set = match r.traceparent.and_then(parse_traceparent) {
                 Some(caller) => {
-                    let _ = span.set_parent(Context::new().with_remote_span_context(caller));
                     if let Some(t) = task_ctx {
                         span.add_link(t);
                     }
+                    span.set_parent(Context::new().with_remote_span_context(caller))
                 }
-                None => {
-                    if let Some(t) = task_ctx {
-                        let _ = span.set_parent(Context::new().with_remote_span_context(t));
-                    }
-                }
+                None => match task_ctx {
+                    Some(t) => span.set_parent(Context::new().with_remote_span_context(t)),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = set {
+                // Without the OpenTelemetry layer (no exporter) there is nothing to parent.
+                tracing::trace!(target: "capgate", error = %e, "call span parent not set");
             }
         }
+        span.set_attribute("gen_ai.tool.name", r.tool.to_owned());
         span.set_attribute("mcp.method.name", "tools/call");
         span.set_attribute("gen_ai.operation.name", "execute_tool");
         span.set_attribute("jsonrpc.request.id", r.request_id.to_owned());
@@ -303,7 +327,8 @@ impl Telemetry {
     }
 
     /// The guard allowed: records the decision. `Err` when it cannot be recorded and the audit
-    /// log is fail-closed; the call must then not run.
+    /// log is fail-closed; the call must then not run, and the caller reports the returned
+    /// denial through [`Telemetry::call_denied`], which writes the span's decision attributes.
     pub(crate) fn call_allowed(
         &self,
         call: &Authorized<ToolCall>,
@@ -316,18 +341,6 @@ impl Telemetry {
         let resource = c.resource().as_str();
         let span = tracing::Span::current();
         let in_intent = grant.task.declares(tool, resource);
-        span.record("capgate.decision", "allow");
-        span.set_attribute("capgate.decision", "allow");
-        span.set_attribute("capgate.resource", resource.to_owned());
-        span.set_attribute("capgate.intent.match", in_intent);
-        span.set_attribute("capgate.task.id", grant.task.id.clone());
-        span.set_attribute("capgate.decision.cached", grant.cached);
-        if self.record_payloads {
-            span.set_attribute(
-                "gen_ai.tool.call.arguments",
-                serde_json::Value::Object(c.args().clone()).to_string(),
-            );
-        }
         let (trace_id, span_id) = self.ids_of_current(Some(&grant.task.trace_id));
         let mut rec = AuditRecord::now("call", tool, "allow");
         rec.task = Some(grant.task.id.clone());
@@ -352,6 +365,16 @@ impl Telemetry {
                 }));
             }
         }
+        span.set_attribute("capgate.decision", "allow");
+        span.set_attribute("capgate.resource", resource.to_owned());
+        span.set_attribute("capgate.intent.match", in_intent);
+        span.set_attribute("capgate.decision.cached", grant.cached);
+        if self.record_payloads {
+            span.set_attribute(
+                "gen_ai.tool.call.arguments",
+                serde_json::Value::Object(c.args().clone()).to_string(),
+            );
+        }
         self.record_decision(tool, "allow", took);
         self.usage.record(UsageDelta {
             task_id: grant.task.id.clone(),
@@ -375,12 +398,13 @@ impl Telemetry {
             .task
             .as_ref()
             .is_some_and(|t| t.declares(&denial.tool, &denial.resource));
-        span.record("capgate.decision", "deny");
         span.set_attribute("capgate.decision", "deny");
         span.set_attribute("capgate.deny.reason", denial.reason.clone());
         span.set_attribute("capgate.resource", denial.resource.clone());
         span.set_attribute("capgate.intent.match", in_intent);
-        span.set_attribute("error.type", "capgate_denied");
+        // A denial is answered with an `isError` result, which the MCP conventions type as
+        // `tool_error`; `capgate.decision` tells it apart from a tool that ran and failed.
+        span.set_attribute("error.type", TOOL_ERROR);
         span.set_status(Status::error(denial.message.clone()));
         let (trace_id, span_id) =
             self.ids_of_current(denial.task.as_ref().map(|t| t.trace_id.as_str()));
@@ -407,7 +431,7 @@ impl Telemetry {
                 out_of_intent: !in_intent,
             });
         }
-        self.record_duration(&denial.tool, env, Some("capgate_denied"), started);
+        self.record_duration(&denial.tool, env, Some(TOOL_ERROR), started);
     }
 
     pub(crate) fn call_finished(
@@ -433,11 +457,11 @@ impl Telemetry {
                 None
             }
             Err(e) => {
-                span.set_attribute("error.type", "tool_error");
+                span.set_attribute("error.type", TOOL_ERROR);
                 span.set_status(Status::error(e.to_string()));
-                exec_span.set_attribute("error.type", "tool_error");
+                exec_span.set_attribute("error.type", TOOL_ERROR);
                 exec_span.set_status(Status::error(e.to_string()));
-                Some("tool_error")
+                Some(TOOL_ERROR)
             }
         };
         let _ = grant;
@@ -459,7 +483,7 @@ impl Telemetry {
         span.set_attribute("network.transport", env.transport.network());
         span.set_attribute("capgate.decision", "deny");
         span.set_attribute("capgate.deny.reason", error.kind());
-        span.set_attribute("error.type", "capgate_denied");
+        span.set_attribute("error.type", TOOL_ERROR);
         span.set_status(Status::error(error.to_string()));
         let _enter = span.enter();
         let (trace_id, span_id) = self.ids_of_current(None);
@@ -478,96 +502,6 @@ impl Telemetry {
                 KeyValue::new("gen_ai.tool.name", tool.to_owned()),
             ],
         );
-    }
-
-    fn export_task_span(&self, task: &TaskRecord) {
-        self.usage.flush();
-        let usage = match self.store.usage(&task.id) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(target: "capgate", task = %task.id, error = %e, "task usage unavailable for its summary span");
-                Vec::new()
-            }
-        };
-        let Some(tracer) = &self.tracer else {
-            return;
-        };
-        let (Ok(trace_id), Ok(span_id)) = (
-            TraceId::from_hex(&task.trace_id),
-            SpanId::from_hex(&task.span_id),
-        ) else {
-            tracing::warn!(target: "capgate", task = %task.id, "task has malformed trace ids; no task span");
-            return;
-        };
-        let granted: BTreeSet<&String> = task.grant.tools.keys().collect();
-        let used: BTreeSet<&String> = usage
-            .iter()
-            .filter(|u| u.allowed > 0)
-            .map(|u| &u.tool)
-            .collect();
-        let unused: Vec<String> = granted.difference(&used).map(|s| (*s).clone()).collect();
-        let calls: u64 = usage.iter().map(|u| u.calls).sum();
-        let denied: u64 = usage.iter().map(|u| u.denied).sum();
-        let ooi: u64 = usage.iter().map(|u| u.out_of_intent).sum();
-        let list = |v: Vec<String>| {
-            Value::Array(
-                v.into_iter()
-                    .map(StringValue::from)
-                    .collect::<Vec<_>>()
-                    .into(),
-            )
-        };
-        let mut attrs = vec![
-            KeyValue::new("capgate.task.id", task.id.clone()),
-            KeyValue::new("capgate.agent.id", task.agent.clone()),
-            KeyValue::new("capgate.tenant", task.tenant.clone()),
-            KeyValue::new("capgate.intent.purpose", task.intent.purpose.clone()),
-            KeyValue::new("capgate.intent.tools", list(task.intent.tools.clone())),
-            KeyValue::new(
-                "capgate.intent.resources",
-                list(pairs(&task.intent.resources)),
-            ),
-            KeyValue::new(
-                "capgate.grant.tools",
-                list(task.grant.tools.keys().cloned().collect()),
-            ),
-            KeyValue::new("capgate.grant.resources", list(pairs(&task.grant.tools))),
-            KeyValue::new(
-                "capgate.grant.expires_at",
-                crate::capability::rfc3339(task.grant.expires_at),
-            ),
-            KeyValue::new(
-                "capgate.action.tools",
-                list(used.iter().map(|s| (*s).clone()).collect()),
-            ),
-            KeyValue::new("capgate.action.unused_grants", list(unused)),
-            KeyValue::new("capgate.action.calls", calls as i64),
-            KeyValue::new("capgate.action.denied", denied as i64),
-            KeyValue::new("capgate.action.out_of_intent", ooi as i64),
-            KeyValue::new(
-                "capgate.task.end_reason",
-                task.end_reason.map(|r| r.as_str()).unwrap_or("completed"),
-            ),
-        ];
-        if let Some(w) = &task.intent.on_behalf_of {
-            attrs.push(KeyValue::new("capgate.intent.on_behalf_of", w.clone()));
-        }
-        if let Some(a) = &task.intent.approved_by {
-            attrs.push(KeyValue::new("capgate.intent.approved_by", a.clone()));
-        }
-        let name = format!("task {}", truncate(&task.intent.purpose, 40));
-        let mut span = otel::with_fixed_ids(trace_id, span_id, || {
-            tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Internal)
-                .with_start_time(task.created_at)
-                .with_attributes(attrs)
-                .start_with_context(tracer, &Context::new())
-        });
-        if denied > 0 {
-            span.set_status(Status::Ok);
-        }
-        span.end_with_timestamp(task.ended_at.unwrap_or_else(SystemTime::now));
     }
 
     fn issuance_span(
@@ -638,7 +572,9 @@ impl Telemetry {
 
 impl TaskObserver for Telemetry {
     fn task_ended(&self, task: &TaskRecord) {
-        self.export_task_span(task);
+        if let Some(t) = &self.task_spans {
+            t.ended(task);
+        }
     }
 }
 

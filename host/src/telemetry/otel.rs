@@ -3,14 +3,18 @@
 //!
 //! Invariant: with no endpoint configured, no exporter exists and nothing is sent; with one,
 //! export runs on the batch processor's own thread with a bounded queue, so a collector that is
-//! down or slow drops spans rather than blocking a call.
+//! down or slow drops spans rather than blocking a call. The gRPC exporters' connections live on
+//! a runtime owned by [`Providers`], so export works from any caller (an async server, a CLI
+//! whose runtime is never driven) until the providers are shut down.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider,
@@ -19,6 +23,9 @@ use opentelemetry_sdk::trace::{
 
 use crate::config::TelemetryConfig;
 use crate::error::Error;
+
+/// Export timeout when the `OTEL_EXPORTER_OTLP_*TIMEOUT` variables do not set one.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 thread_local! {
     static NEXT_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
@@ -50,12 +57,19 @@ impl IdGenerator for TaskIdGenerator {
     }
 }
 
-/// Runs `f` with the next span built on this thread taking the given ids.
+/// Runs `f` with the spans built on this thread during `f` taking the given ids (build exactly
+/// one). Only spans of a provider built with [`TaskIdGenerator`] obey.
 pub fn with_fixed_ids<R>(trace: TraceId, span: SpanId, f: impl FnOnce() -> R) -> R {
+    /// Clears the slot even if `f` panics, so no later span on this thread reuses the ids.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NEXT_IDS.with(|c| c.set(None));
+        }
+    }
     NEXT_IDS.with(|c| c.set(Some((trace, span))));
-    let r = f();
-    NEXT_IDS.with(|c| c.set(None));
-    r
+    let _reset = Reset;
+    f()
 }
 
 /// The OpenTelemetry providers of a running capgate.
@@ -67,6 +81,26 @@ pub struct Providers {
     pub meter: Option<SdkMeterProvider>,
     /// Where spans go, for the startup message.
     pub description: String,
+    /// Keeps the gRPC exporters' runtime alive; declared last so the providers (which flush on
+    /// their last drop) go first.
+    _grpc_runtime: Option<Arc<GrpcRuntime>>,
+}
+
+/// The runtime the gRPC exporters' connections run on. tonic spawns its connection worker onto
+/// the runtime current when the exporter is built, while the batch processor and the periodic
+/// reader export from plain threads: borrowing the caller's runtime would stall export whenever
+/// that runtime is not being driven (`capgate task end` never drives its own), and end it when
+/// the caller's runtime stops, possibly before the final flush.
+struct GrpcRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for GrpcRuntime {
+    fn drop(&mut self) {
+        // A plain drop blocks, which panics on an async thread, and providers may well be
+        // dropped on one. Pending export was flushed by `Providers::shutdown`.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Providers {
@@ -76,6 +110,7 @@ impl Providers {
             tracer: None,
             meter: None,
             description: "no OTLP endpoint configured; traces are not exported".into(),
+            _grpc_runtime: None,
         }
     }
 
@@ -90,11 +125,23 @@ impl Providers {
             tracer: Some(tracer),
             meter: None,
             description: "test exporter".into(),
+            _grpc_runtime: None,
         }
     }
 
-    /// Builds exporters from `OTEL_EXPORTER_OTLP_*` (which win) and `[telemetry]`. Must run
-    /// inside a Tokio runtime (the gRPC client needs one).
+    /// Also collects metrics into `exporter`, read when [`Providers::flush`] runs (for tests with
+    /// the in-memory metric exporter).
+    pub fn with_metric_exporter(mut self, exporter: impl PushMetricExporter) -> Self {
+        let meter = SdkMeterProvider::builder()
+            .with_resource(resource(None))
+            .with_reader(PeriodicReader::builder(exporter).build())
+            .build();
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Builds exporters from `OTEL_EXPORTER_OTLP_*` (which win) and `[telemetry]`. Needs no
+    /// runtime of the caller's: gRPC export gets one of its own.
     pub fn from_env(config: &TelemetryConfig) -> Result<Self, Error> {
         crate::install_crypto_provider();
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -126,10 +173,39 @@ impl Providers {
         } else {
             None
         };
+        // capgate's own default timeout is short so that shutdown with a dead collector stays
+        // quick; the standard variables still win when set (a programmatic timeout would
+        // override them).
+        let timeout = |signal: &str| {
+            if env(signal).is_some() || env("OTEL_EXPORTER_OTLP_TIMEOUT").is_some() {
+                None
+            } else {
+                Some(EXPORT_TIMEOUT)
+            }
+        };
+        let traces_timeout = timeout("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT");
+        let metrics_timeout = timeout("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT");
+        let grpc_runtime = if grpc {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("capgate-otlp")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Telemetry(format!("starting the OTLP export runtime: {e}")))?;
+            Some(Arc::new(GrpcRuntime(Some(rt))))
+        } else {
+            None
+        };
+        // The tonic channels are built (and spawn their workers) inside the export runtime.
+        let in_export_runtime = grpc_runtime
+            .as_ref()
+            .and_then(|r| r.0.as_ref())
+            .map(|rt| rt.enter());
         let span_exporter = if grpc {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(Duration::from_secs(5));
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(t) = traces_timeout {
+                b = b.with_timeout(t);
+            }
             if let Some(e) = &explicit {
                 b = b.with_endpoint(e.clone());
             }
@@ -137,17 +213,20 @@ impl Providers {
         } else {
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(Duration::from_secs(5));
+                .with_protocol(Protocol::HttpBinary);
+            if let Some(t) = traces_timeout {
+                b = b.with_timeout(t);
+            }
             if let Some(e) = &explicit {
                 b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
             }
             b.build().map_err(err)?
         };
         let metric_exporter = if grpc {
-            let mut b = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_timeout(Duration::from_secs(5));
+            let mut b = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+            if let Some(t) = metrics_timeout {
+                b = b.with_timeout(t);
+            }
             if let Some(e) = &explicit {
                 b = b.with_endpoint(e.clone());
             }
@@ -155,13 +234,16 @@ impl Providers {
         } else {
             let mut b = opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(Duration::from_secs(5));
+                .with_protocol(Protocol::HttpBinary);
+            if let Some(t) = metrics_timeout {
+                b = b.with_timeout(t);
+            }
             if let Some(e) = &explicit {
                 b = b.with_endpoint(format!("{}/v1/metrics", e.trim_end_matches('/')));
             }
             b.build().map_err(err)?
         };
+        drop(in_export_runtime);
         let resource = resource(config.service_name.as_deref());
         let processor = BatchSpanProcessor::builder(span_exporter)
             .with_batch_config(
@@ -188,6 +270,7 @@ impl Providers {
             tracer: Some(tracer),
             meter: Some(meter),
             description: format!("exporting traces and metrics over OTLP ({protocol}) to {shown}"),
+            _grpc_runtime: grpc_runtime,
         })
     }
 
@@ -251,8 +334,14 @@ pub fn install_tracing(providers: &Providers) {
         .with_target(false)
         .with_filter(fmt_filter);
     let otel = providers.tracer.as_ref().map(|p| {
+        // A call span describes the call, not capgate's source: no code location, thread,
+        // `tracing` target or busy/idle timings (none of them in any semantic convention).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("capgate"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target("capgate::call", LevelFilter::INFO))
     });
     let _ = tracing_subscriber::registry()

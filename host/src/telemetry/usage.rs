@@ -25,7 +25,8 @@ pub struct UsageRecorder {
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-const BATCH_DELAY: Duration = Duration::from_millis(200);
+/// Longest a counted call waits before it is written to the store.
+pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(200);
 const BATCH_MAX: usize = 512;
 
 impl UsageRecorder {

@@ -1,0 +1,285 @@
+//! The audit log against the real binary: it survives `kill -9` mid-stream with every complete
+//! line parseable and every answered call recorded; when it cannot be written, calls are refused
+//! before the tool runs; and `capgate task show` reads it back as intent beside action.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// SIGKILL while four clients stream calls: the log's complete lines all parse, and each call a
+/// client got an answer for is in it (the line is written before the answer is sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_every_complete_audit_line_parses() {
+    let cg = Capgate::new();
+    let agent = cg.mint("agent-kill", "acme", &["fs_read", "fs_write"], &[]);
+    let (task_id, token) = cg.task(
+        &agent,
+        &["fs_read", "fs_write"],
+        &["fs_read=acme/", "fs_write=acme/"],
+    );
+    let server = cg.serve_http();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let client = server.client(&token).await;
+        let answered = Arc::clone(&answered);
+        workers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let r = if i % 2 == 0 {
+                    call(
+                        &client,
+                        "fs_write",
+                        json!({"path": format!("acme/out/w{w}.txt"), "content": "line\n", "append": true}),
+                    )
+                    .await
+                } else {
+                    call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await
+                };
+                match r {
+                    Ok(r) => {
+                        assert_eq!(r.is_error, Some(false), "{r:?}");
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The server is gone (when the client notices at all).
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::SeqCst) < 60 {
+        assert!(Instant::now() < deadline, "the calls did not get going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Calls are in flight on every client at this moment.
+    server.kill9();
+    // rmcp's HTTP client keeps retrying a vanished server, so the clients are stopped here; no
+    // call can be answered after the kill, so the count below is final.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for w in &workers {
+        w.abort();
+    }
+    for w in workers {
+        if let Err(e) = w.await {
+            assert!(e.is_cancelled(), "a client panicked: {e}");
+        }
+    }
+    let answered = answered.load(Ordering::SeqCst);
+
+    let raw = std::fs::read(cg.state().join("audit.log")).unwrap();
+    let text = String::from_utf8(raw).expect("the log is UTF-8");
+    // Everything up to the last newline is complete lines; anything after it is torn.
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let mut calls = 0;
+    for (n, line) in complete.lines().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {} does not parse ({e}): {line}", n + 1));
+        for key in ["time", "kind", "decision", "tool"] {
+            assert!(v.get(key).is_some(), "line {} lacks `{key}`: {line}", n + 1);
+        }
+        if v["kind"] == "call" && v["task"] == task_id.as_str() {
+            assert_eq!(v["decision"], "allow", "{line}");
+            calls += 1;
+        }
+    }
+    assert!(
+        calls >= answered,
+        "{answered} calls were answered but only {calls} are in the audit log"
+    );
+}
+
+/// `[audit] path` on a full device: the call is denied with `audit_unavailable`, and the tool
+/// did not run (the file it would have written does not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_audit_log_refuses_calls_before_they_run() {
+    let cg = Capgate::with_config("[audit]\npath = \"/dev/full\"\n");
+    let agent = cg.mint("agent-full", "acme", &["fs_read", "fs_write"], &[]);
+    let (_, token) = cg.task(
+        &agent,
+        &["fs_read", "fs_write"],
+        &["fs_read=acme/", "fs_write=acme/"],
+    );
+    let server = cg.serve_http();
+    let client = server.client(&token).await;
+
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/new.txt", "content": "must not land"}),
+    )
+    .await
+    .unwrap();
+    let d = denial(&r);
+    assert_eq!(d["reason"], "audit_unavailable", "{d}");
+    assert!(
+        text(&r).contains("audit log"),
+        "the agent is told why: {}",
+        text(&r)
+    );
+    assert!(
+        !cg.root.join("acme/out/new.txt").exists(),
+        "fs_write did not run"
+    );
+
+    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(denial(&r)["reason"], "audit_unavailable");
+    assert!(
+        !text(&r).contains("acme readme"),
+        "fs_read did not run: {}",
+        text(&r)
+    );
+    client.cancel().await.unwrap();
+}
+
+/// The last four columns of a `task show` row: used, calls, denied, beyond.
+fn counts(table: &str, tool: &str) -> Vec<String> {
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(tool))
+        .unwrap_or_else(|| panic!("no row for `{tool}` in:\n{table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    cells[cells.len() - 4..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// `capgate task show` after a real run: requested, granted, used, unused and denied, with
+/// counts and the last denials; `--json` carries the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_show_puts_intent_beside_action() {
+    let cg = Capgate::new();
+    let agent = cg.mint(
+        "agent-show",
+        "acme",
+        &["fs_read", "fs_list", "fs_write"],
+        &[],
+    );
+    let v = cg
+        .begin_cli(
+            &agent,
+            "read the acme docs",
+            &["fs_read", "fs_list"],
+            &["fs_read=acme/docs/", "fs_list=acme/"],
+            &[],
+        )
+        .expect("task begin");
+    let task_id = v["task_id"].as_str().unwrap().to_owned();
+    let token = v["token"].as_str().unwrap().to_owned();
+
+    let server = cg.serve_http();
+    let client = server.client(&token).await;
+    for path in ["acme/docs/readme.txt", "acme/docs/notes.md"] {
+        let r = call(&client, "fs_read", json!({"path": path}))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "{r:?}");
+    }
+    let r = call(
+        &client,
+        "fs_read",
+        json!({"path": "globex/plans/secret-plan.txt"}),
+    )
+    .await
+    .unwrap();
+    denial(&r);
+    let r = call(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/report.txt", "content": "x"}),
+    )
+    .await
+    .unwrap();
+    denial(&r);
+    client.cancel().await.unwrap();
+
+    let out = cg.run(&["task", "show", &task_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shown.contains(&format!("task      {task_id}  [active]")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("agent     agent-show (tenant acme)"),
+        "{shown}"
+    );
+    assert!(shown.contains("purpose   read the acme docs"), "{shown}");
+    let header = shown
+        .lines()
+        .find(|l| l.starts_with("tool "))
+        .unwrap_or_else(|| panic!("no table header:\n{shown}"));
+    for col in ["requested", "granted", "used", "calls", "denied", "beyond"] {
+        assert!(header.contains(col), "{header}");
+    }
+    // fs_read: used, three calls, the globex one denied and outside the intent.
+    assert_eq!(counts(&shown, "fs_read"), ["yes", "3", "1", "1"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("fs_read") && l.contains("acme/docs/")),
+        "requested prefix shown: {shown}"
+    );
+    // fs_list: granted, never used.
+    assert_eq!(counts(&shown, "fs_list"), ["no", "0", "0", "0"]);
+    // fs_write: neither requested nor granted, tried once.
+    assert_eq!(counts(&shown, "fs_write"), ["no", "1", "1", "1"]);
+    let fs_write_row = shown.lines().find(|l| l.starts_with("fs_write")).unwrap();
+    assert!(
+        fs_write_row.contains("(not requested)") && fs_write_row.contains("(not granted)"),
+        "{fs_write_row}"
+    );
+    assert!(shown.contains("unused grants: fs_list"), "{shown}");
+    assert!(
+        shown.contains("denied attempts: 2 (last 2 shown)"),
+        "{shown}"
+    );
+    let denials: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.starts_with("denied attempts"))
+        .skip(1)
+        .collect();
+    assert_eq!(denials.len(), 2, "{shown}");
+    assert!(denials[0].contains("fs_read") && denials[0].contains("secret-plan.txt"));
+    assert!(denials[1].contains("fs_write") && denials[1].contains("report.txt"));
+
+    let out = cg.run(&["task", "show", &task_id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["actions"]["fs_read"]["calls"], 3);
+    assert_eq!(j["actions"]["fs_read"]["allowed"], 2);
+    assert_eq!(j["actions"]["fs_read"]["denied"], 1);
+    assert_eq!(j["actions"]["fs_write"]["denied"], 1);
+    assert_eq!(j["unused_grants"], json!(["fs_list"]));
+    assert_eq!(j["denials"].as_array().unwrap().len(), 2);
+
+    // Ended, the header says so.
+    let out = cg.run(&["task", "end", &task_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cg.run(&["task", "show", &task_id]);
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.contains("[ended (completed)]"), "{shown}");
+    drop(server);
+}
