@@ -510,8 +510,9 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     assert_eq!(denial(&r)["reason"], "resource_not_granted");
     client.cancel().await.unwrap();
 
-    // A block whose rules explode (50 x 50 pairs, then more) is stopped by the fact limit:
-    // denied, promptly, and the server keeps serving.
+    // A block whose rules explode (50 x 50 pairs, then more) is stopped by the fact limit the
+    // first time the token is read: it can never be authorized, so it is refused as a token —
+    // 401 over HTTP, a denial over stdio — promptly, nothing runs, and the server keeps serving.
     let facts: String = (0..50).map(|i| format!("n({i});")).collect();
     let bomb = attenuate(
         &task,
@@ -519,7 +520,28 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
             "{facts} pair($x, $y) <- n($x), n($y); triple($x, $y, $z) <- pair($x, $y), n($z); check if pair(0, 0);"
         ),
     );
-    let client = server.client(&bomb).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        raw_call(
+            &server,
+            Some(&bomb),
+            "fs_write",
+            json!({"path": "acme/docs/bomb.txt", "content": "x"}),
+        ),
+    )
+    .await
+    .expect("a Datalog bomb must not hang the server");
+    assert_401(&resp, "a Datalog bomb");
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the run limits"),
+        "{body}"
+    );
+    assert!(!cg.root.join("acme/docs/bomb.txt").exists());
+    let client = cg.stdio_client(Some(&bomb)).await;
     let r = tokio::time::timeout(
         Duration::from_secs(30),
         call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})),
@@ -529,6 +551,29 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     .unwrap();
     let d = denial(&r);
     assert_eq!(d["reason"], "run_limit", "{d}");
+    client.cancel().await.unwrap();
+    // A bomb that only goes off with the call's facts (its rules need `tool($t)`) reads fine,
+    // and is stopped by the guard's own run limits instead: an isError denial naming them.
+    let delayed = attenuate(
+        &task,
+        &format!(
+            "{facts} pair($x, $y) <- n($x), n($y), tool($t); triple($x, $y, $z) <- pair($x, $y), n($z); check if pair(0, 0);"
+        ),
+    );
+    let client = server.client(&delayed).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})),
+    )
+    .await
+    .expect("a Datalog bomb must not hang the guard")
+    .unwrap();
+    let d = denial(&r);
+    assert_eq!(d["reason"], "run_limit", "{d}");
+    assert!(
+        d["message"].as_str().unwrap().contains("[guard] limits"),
+        "{d}"
+    );
     client.cancel().await.unwrap();
     let client = server.client(&task).await;
     let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))

@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::{self, BlockBuilder, Fact, Term};
 use biscuit_auth::builder_ext::BuilderExt;
-use biscuit_auth::{Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
+use biscuit_auth::{
+    AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit,
+};
 
 use crate::error::Error;
 
@@ -51,6 +53,11 @@ pub enum TokenError {
     /// The token verifies but lacks the facts capgate needs.
     #[error("token lacks {0}; mint agent tokens with `capgate token mint`")]
     MissingFact(&'static str),
+    /// Evaluating the token's own Datalog exceeds the run limits: it can never be authorized.
+    #[error(
+        "token's Datalog exceeds the run limits ([guard] max_facts, max_iterations, max_time): {0}"
+    )]
+    TooComplex(String),
     /// The token's expiry has passed.
     #[error("token expired at {0}")]
     Expired(String),
@@ -78,6 +85,7 @@ impl TokenError {
             TokenError::Malformed(_) => "token_malformed",
             TokenError::BadSignature(_) => "token_bad_signature",
             TokenError::MissingFact(_) => "token_missing_fact",
+            TokenError::TooComplex(_) => "run_limit",
             TokenError::Expired(_) => "token_expired",
             TokenError::Revoked { .. } => "token_revoked",
             TokenError::Build(_) => "token_build",
@@ -345,58 +353,68 @@ impl std::fmt::Debug for VerifiedToken {
 }
 
 impl VerifiedToken {
-    fn from_biscuit(biscuit: Biscuit) -> Result<Self, TokenError> {
+    fn from_biscuit(biscuit: Biscuit, limits: &AuthorizerLimits) -> Result<Self, TokenError> {
         let revocation_ids = biscuit
             .revocation_identifiers()
             .iter()
             .map(hex::encode)
             .collect();
-        // Who the token speaks for is read from the authority block's own facts, as written:
-        // no rule is evaluated here, so a block built to explode under evaluation is only ever
-        // evaluated by the guard, under its run limits. Later blocks cannot change the identity.
-        let authority = biscuit
-            .print_block_source(0)
+        // One authorizer, under the guard's run limits, answers everything read here: a block
+        // built to explode under evaluation makes the token unusable, not the server slow.
+        let mut authorizer = AuthorizerBuilder::new()
+            .set_limits(limits.clone())
+            .build(&biscuit)
             .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let parsed = biscuit_auth::parser::parse_block_source(&authority).map_err(|_| {
-            TokenError::Malformed("the authority block does not print as valid Datalog".into())
-        })?;
-        let mut agents = Vec::new();
-        let mut tenants = Vec::new();
-        let mut rights = Vec::new();
-        let mut by_tool: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (_, f) in parsed.facts {
-            let f: Fact = f.into();
-            let strs: Vec<&str> = f
-                .predicate
-                .terms
-                .iter()
-                .map(|t| match t {
-                    Term::Str(s) => Some(s.as_str()),
-                    _ => None,
+        let mut query = |rule: &str| -> Result<Vec<Vec<String>>, TokenError> {
+            // A query's scope is the authority block (and its own rules): facts a later block
+            // adds are invisible, so a sub-agent cannot change who the token speaks for.
+            let facts: Vec<biscuit_auth::builder::Fact> =
+                authorizer.query(rule).map_err(|e| match e {
+                    biscuit_auth::error::Token::RunLimit(_) => {
+                        TokenError::TooComplex(e.to_string())
+                    }
+                    other => TokenError::Malformed(other.to_string()),
+                })?;
+            Ok(facts
+                .into_iter()
+                .map(|f| {
+                    f.predicate
+                        .terms
+                        .into_iter()
+                        .map(|t| match t {
+                            Term::Str(s) => s,
+                            other => other.to_string(),
+                        })
+                        .collect()
                 })
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_default();
-            match (f.predicate.name.as_str(), strs.as_slice()) {
-                ("agent", [a]) => agents.push(((*a).to_owned(),)),
-                ("tenant", [t]) => tenants.push(((*t).to_owned(),)),
-                ("right", [t]) => rights.push((*t).to_owned()),
-                ("resource_prefix", [t, p]) => by_tool
-                    .entry((*t).to_owned())
-                    .or_default()
-                    .push((*p).to_owned()),
-                _ => {}
-            }
-        }
-        let agent = single(agents, "exactly one agent($id) fact in the authority block")?;
+                .collect())
+        };
+        let first = |rows: Vec<Vec<String>>| -> Vec<(String,)> {
+            rows.into_iter()
+                .filter_map(|r| r.into_iter().next())
+                .map(|v| (v,))
+                .collect()
+        };
+        let agent = single(
+            first(query("data($a) <- agent($a)")?),
+            "exactly one agent($id) fact in the authority block",
+        )?;
         let tenant = single(
-            tenants,
+            first(query("data($t) <- tenant($t)")?),
             "exactly one tenant($t) fact in the authority block",
         )?;
+        let mut rights: Vec<String> = first(query("data($t) <- right($t)")?)
+            .into_iter()
+            .map(|(r,)| r)
+            .collect();
         rights.sort();
         rights.dedup();
-        let authorizer = biscuit
-            .authorizer()
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let mut by_tool: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in query("data($t, $p) <- resource_prefix($t, $p)")? {
+            if let [t, p] = row.as_slice() {
+                by_tool.entry(t.clone()).or_default().push(p.clone());
+            }
+        }
         let (facts, rules, checks, _) = authorizer.dump();
         let mut strings = BTreeSet::new();
         for f in &facts {
@@ -623,22 +641,42 @@ fn collect_term_dates(term: &Term, out: &mut Vec<SystemTime>) {
 /// Verifies tokens against the root public key, once per distinct token.
 pub struct Verifier {
     root: PublicKey,
+    limits: AuthorizerLimits,
     cache: Mutex<TokenCache>,
+}
+
+/// The run limits a token's own Datalog is read under when no config says otherwise: those of
+/// `[guard]`'s defaults. (biscuit-auth's own default allows 1 ms, which a busy machine can
+/// exceed on a legitimate token.)
+pub fn default_limits() -> AuthorizerLimits {
+    AuthorizerLimits {
+        max_facts: 1000,
+        max_iterations: 100,
+        max_time: Duration::from_millis(20),
+    }
 }
 
 struct TokenCache {
     capacity: usize,
-    map: HashMap<Arc<str>, Arc<VerifiedToken>>,
+    // foldhash, not SipHash: the key is a whole token (a kilobyte of base64) hashed on every
+    // request, and collisions cost only a string comparison, never a wrong answer.
+    map: HashMap<Arc<str>, Arc<VerifiedToken>, foldhash::fast::RandomState>,
 }
 
 impl Verifier {
     /// A verifier for `root`, caching up to `capacity` verified tokens.
     pub fn new(root: PublicKey, capacity: usize) -> Self {
+        Self::with_limits(root, capacity, default_limits())
+    }
+
+    /// A verifier that reads tokens under the given run limits.
+    pub fn with_limits(root: PublicKey, capacity: usize, limits: AuthorizerLimits) -> Self {
         Verifier {
             root,
+            limits,
             cache: Mutex::new(TokenCache {
                 capacity: capacity.max(1),
-                map: HashMap::new(),
+                map: HashMap::default(),
             }),
         }
     }
@@ -686,7 +724,7 @@ impl Verifier {
         let biscuit = unverified
             .verify(self.root)
             .map_err(|e| TokenError::BadSignature(e.to_string()))?;
-        VerifiedToken::from_biscuit(biscuit)
+        VerifiedToken::from_biscuit(biscuit, &self.limits)
     }
 
     /// Forgets every cached token.
@@ -753,7 +791,7 @@ pub fn inspect(token: &str, root: Option<PublicKey>) -> Result<Inspection, Token
     let (verification, identity, expires_at) = match root {
         None => ("not checked: no root key available".to_owned(), None, None),
         Some(root) => match unverified.verify(root) {
-            Ok(biscuit) => match VerifiedToken::from_biscuit(biscuit) {
+            Ok(biscuit) => match VerifiedToken::from_biscuit(biscuit, &default_limits()) {
                 Ok(v) => (
                     format!("verified against {root}"),
                     Some(v.identity.clone()),

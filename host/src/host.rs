@@ -134,7 +134,11 @@ impl HostBuilder {
             max_time: config.guard.max_time,
         };
         let tenant_prefixes = Arc::new(tenant_prefixes(&config));
-        let verifier = Arc::new(Verifier::new(root_public, config.guard.token_cache_entries));
+        let verifier = Arc::new(Verifier::with_limits(
+            root_public,
+            config.guard.token_cache_entries,
+            limits.clone(),
+        ));
         let guard = Arc::new(Guard::new(
             Arc::clone(&ledger),
             invocation,

@@ -60,6 +60,8 @@ pub(crate) struct SessionState {
     transport: Transport,
     /// The stdio credential (`CAPGATE_TOKEN`), as presented.
     stdio_token: Option<String>,
+    /// `stdio_token`, verified once: it cannot change for the life of the connection.
+    stdio_verified: std::sync::OnceLock<Result<Arc<VerifiedToken>, TokenError>>,
     /// The session id: generated for stdio, the `mcp-session-id` header for HTTP.
     session_id: Mutex<Arc<str>>,
     binding: Mutex<Option<Binding>>,
@@ -91,6 +93,7 @@ impl Session {
                 host,
                 transport,
                 stdio_token,
+                stdio_verified: std::sync::OnceLock::new(),
                 session_id: Mutex::new(session_id),
                 binding: Mutex::new(None),
                 log_level: Arc::new(AtomicU8::new(level_rank(LoggingLevel::Info))),
@@ -388,11 +391,13 @@ impl SessionState {
                 .and_then(|p| p.extensions.get::<Credential>())
                 .map(|c| Arc::clone(&c.0))
                 .ok_or(TokenError::Missing),
-            _ => {
-                let raw = self.stdio_token.as_deref().ok_or(TokenError::Missing)?;
-                let token = self.host.verifier.verify(raw)?;
-                Ok(token)
-            }
+            _ => self
+                .stdio_verified
+                .get_or_init(|| {
+                    let raw = self.stdio_token.as_deref().ok_or(TokenError::Missing)?;
+                    self.host.verifier.verify(raw)
+                })
+                .clone(),
         }
     }
 

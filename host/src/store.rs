@@ -135,17 +135,45 @@ pub struct ToolUsage {
     pub out_of_intent: u64,
 }
 
-/// One call's contribution to a task's usage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Calls to add to a task's usage for one tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageDelta {
     /// The task.
     pub task_id: String,
     /// The tool.
     pub tool: String,
-    /// Allowed or denied.
-    pub allowed: bool,
-    /// Outside the declared intent.
-    pub out_of_intent: bool,
+    /// Calls put to the guard.
+    pub calls: u64,
+    /// Of which allowed.
+    pub allowed: u64,
+    /// Of which denied.
+    pub denied: u64,
+    /// Of which outside the declared intent.
+    pub out_of_intent: u64,
+}
+
+impl UsageDelta {
+    /// No calls yet.
+    pub fn new(task_id: &str, tool: &str) -> Self {
+        UsageDelta {
+            task_id: task_id.to_owned(),
+            tool: tool.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Counts one call.
+    pub fn add_call(&mut self, allowed: bool, out_of_intent: bool) {
+        self.calls += 1;
+        if allowed {
+            self.allowed += 1;
+        } else {
+            self.denied += 1;
+        }
+        if out_of_intent {
+            self.out_of_intent += 1;
+        }
+    }
 }
 
 /// Where tasks and revocations live. The SQLite store is the default; a shared database can
@@ -300,8 +328,36 @@ fn from_millis(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
-const TASK_COLUMNS: &str = "id, agent, tenant, revocation_id, intent, grant_json, created_at, \
-                            expires_at, ended_at, end_reason, trace_id, span_id";
+macro_rules! task_columns {
+    () => {
+        "id, agent, tenant, revocation_id, intent, grant_json, created_at, expires_at, ended_at, \
+         end_reason, trace_id, span_id"
+    };
+}
+
+// Statements are constants so that the connection's statement cache (`prepare_cached`) parses
+// each once: the task lookup and the insert sit on the issuance and first-call paths.
+const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (",
+    task_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+);
+const TASK_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
+const TASK_BY_REVOCATION_ID: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE revocation_id = ?1"
+);
+const RECENT_TASKS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks ORDER BY created_at DESC, id LIMIT ?1"
+);
+const EXPIRED_UNENDED: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE ended_at IS NULL AND expires_at < ?1"
+);
 
 fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
     let intent: String = row.get(4)?;
@@ -330,57 +386,47 @@ impl TaskStore for SqliteStore {
     fn insert_task(&self, t: &TaskRecord) -> Result<(), Error> {
         let intent = serde_json::to_string(&t.intent).map_err(|e| self.err(e))?;
         let grant = serde_json::to_string(&t.grant).map_err(|e| self.err(e))?;
-        self.lock()
-            .execute(
-                &format!("INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
-                params![
-                    t.id,
-                    t.agent,
-                    t.tenant,
-                    t.revocation_id,
-                    intent,
-                    grant,
-                    millis(t.created_at),
-                    millis(t.expires_at),
-                    t.ended_at.map(millis),
-                    t.end_reason.map(EndReason::as_str),
-                    t.trace_id,
-                    t.span_id
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(INSERT_TASK).map_err(|e| self.err(e))?;
+        stmt.execute(params![
+            t.id,
+            t.agent,
+            t.tenant,
+            t.revocation_id,
+            intent,
+            grant,
+            millis(t.created_at),
+            millis(t.expires_at),
+            t.ended_at.map(millis),
+            t.end_reason.map(EndReason::as_str),
+            t.trace_id,
+            t.span_id
+        ])
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
-        self.lock()
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [id],
-                row_to_task,
-            )
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(TASK_BY_ID).map_err(|e| self.err(e))?;
+        stmt.query_row([id], row_to_task)
             .optional()
             .map_err(|e| self.err(e))
     }
 
     fn task_by_revocation_id(&self, revocation_id: &str) -> Result<Option<TaskRecord>, Error> {
-        self.lock()
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE revocation_id = ?1"),
-                [revocation_id],
-                row_to_task,
-            )
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(TASK_BY_REVOCATION_ID)
+            .map_err(|e| self.err(e))?;
+        stmt.query_row([revocation_id], row_to_task)
             .optional()
             .map_err(|e| self.err(e))
     }
 
     fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, id LIMIT ?1"
-            ))
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(RECENT_TASKS).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([limit as i64], row_to_task)
             .map_err(|e| self.err(e))?;
@@ -390,9 +436,7 @@ impl TaskStore for SqliteStore {
     fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE ended_at IS NULL AND expires_at < ?1"
-            ))
+            .prepare_cached(EXPIRED_UNENDED)
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([millis(now)], row_to_task)
@@ -418,11 +462,7 @@ impl TaskStore for SqliteStore {
             return Ok(None);
         }
         let task = tx
-            .query_row(
-                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                [id],
-                row_to_task,
-            )
+            .query_row(TASK_BY_ID, [id], row_to_task)
             .map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, ?3, ?4)",
@@ -475,9 +515,9 @@ impl TaskStore for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO usage (task_id, tool, calls, allowed, denied, out_of_intent)
-                     VALUES (?1, ?2, 1, ?3, ?4, ?5)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (task_id, tool) DO UPDATE SET
-                        calls = calls + 1,
+                        calls = calls + excluded.calls,
                         allowed = allowed + excluded.allowed,
                         denied = denied + excluded.denied,
                         out_of_intent = out_of_intent + excluded.out_of_intent",
@@ -487,8 +527,9 @@ impl TaskStore for SqliteStore {
                 stmt.execute(params![
                     d.task_id,
                     d.tool,
+                    d.calls as i64,
                     d.allowed as i64,
-                    (!d.allowed) as i64,
+                    d.denied as i64,
                     d.out_of_intent as i64
                 ])
                 .map_err(|e| self.err(e))?;
@@ -604,14 +645,13 @@ mod tests {
         let expired = s.expired_unended(SystemTime::now()).unwrap();
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].id, "old");
-        let d = |allowed, ooi| UsageDelta {
-            task_id: "new".into(),
-            tool: "fs_read".into(),
-            allowed,
-            out_of_intent: ooi,
-        };
-        s.add_usage(&[d(true, false), d(false, true), d(true, false)])
-            .unwrap();
+        let mut d = UsageDelta::new("new", "fs_read");
+        d.add_call(true, false);
+        d.add_call(false, true);
+        s.add_usage(&[d]).unwrap();
+        let mut d = UsageDelta::new("new", "fs_read");
+        d.add_call(true, false);
+        s.add_usage(&[d]).unwrap();
         let u = s.usage("new").unwrap();
         assert_eq!(
             u,

@@ -25,9 +25,15 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with("store_poll = \"0s\"")
+}
+
+fn fixture_with(guard: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse(
-        "state_dir = \"state\"\n[tools.fs]\nenabled = false\n[tools.http_fetch]\nenabled = false\n",
+        &format!(
+            "state_dir = \"state\"\n[tools.fs]\nenabled = false\n[tools.http_fetch]\nenabled = false\n[guard]\n{guard}\n"
+        ),
         &dir.path().join("capgate.toml"),
     )
     .unwrap();
@@ -216,6 +222,25 @@ async fn a_revocation_written_by_another_process_applies_to_the_next_call() {
     let e = f.call(&task, json!({})).await.unwrap_err();
     assert_eq!(reason(e), "token_revoked");
     assert_eq!(f.runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn with_a_poll_interval_a_foreign_revocation_applies_once_the_interval_has_passed() {
+    let f = fixture_with("store_poll = \"20ms\"");
+    let (id, task) = f.task();
+    f.call(&task, json!({})).await.unwrap();
+    let other = SqliteStore::open(Path::new(&f.store_file)).unwrap();
+    assert!(
+        other
+            .end_task(&id, EndReason::Completed, SystemTime::now())
+            .unwrap()
+            .is_some()
+    );
+    // Whatever happened within the interval, once it has passed the revocation is seen.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = f.call(&task, json!({})).await.unwrap_err();
+    assert_eq!(reason(e), "token_revoked");
+    assert_eq!(f.runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

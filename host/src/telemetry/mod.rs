@@ -34,7 +34,7 @@ use crate::guard::{Authorized, CallEnv, Denial, Grant};
 use crate::issuance::{Channel, Intent, IssuanceError, IssuanceObserver};
 use crate::ledger::TaskObserver;
 use crate::registry::{CallError, ToolCall};
-use crate::store::{TaskRecord, TaskStore, UsageDelta};
+use crate::store::{TaskRecord, TaskStore};
 use crate::tool::{ToolError, ToolOutput};
 
 pub use audit::{AuditLog, AuditRecord};
@@ -376,12 +376,7 @@ impl Telemetry {
             );
         }
         self.record_decision(tool, "allow", took);
-        self.usage.record(UsageDelta {
-            task_id: grant.task.id.clone(),
-            tool: tool.to_owned(),
-            allowed: true,
-            out_of_intent: !in_intent,
-        });
+        self.usage.record(&grant.task.id, tool, true, !in_intent);
         Ok(())
     }
 
@@ -424,12 +419,7 @@ impl Telemetry {
             self.record_decision(&denial.tool, "deny", took);
         }
         if let Some(task) = &denial.task {
-            self.usage.record(UsageDelta {
-                task_id: task.id.clone(),
-                tool: denial.tool.clone(),
-                allowed: false,
-                out_of_intent: !in_intent,
-            });
+            self.usage.record(&task.id, &denial.tool, false, !in_intent);
         }
         self.record_duration(&denial.tool, env, Some(TOOL_ERROR), started);
     }
