@@ -24,7 +24,7 @@ use capgate_host::config::DEFAULT_INVOCATION_POLICY;
 use capgate_host::guard::{CallEnv, Transport};
 use capgate_host::issuance::{Channel, Intent, Ttl};
 use capgate_host::registry::ToolCall;
-use capgate_host::{Arguments, Host};
+use capgate_host::{Arguments, Host, Resource, Tool, ToolContext, ToolInput};
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use serde_json::json;
 
@@ -49,7 +49,8 @@ const BASE: Shape = Shape {
     tools: 1,
     prefixes: 1,
     rules: 0,
-    store_poll: "0s",
+    // capgate's default.
+    store_poll: "5ms",
     decision_cache: 100_000,
 };
 
@@ -487,12 +488,12 @@ fn issuance(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
-/// The revocation/store check on every call: `TaskLedger::sync`, which asks SQLite for
-/// `PRAGMA data_version` when `[guard] store_poll` is 0 and reads a clock otherwise; and the warm
-/// guard with each setting.
-fn store(c: &mut Criterion, poll0: &Fixture, poll100: &Fixture) {
+/// The revocation/store check: `TaskLedger::sync`, which asks SQLite for the revocation counter
+/// on every call when `[guard] store_poll` is 0, and otherwise only once the interval has passed
+/// (a clock read in between); and the warm guard with each setting.
+fn store(c: &mut Criterion, poll0: &Fixture, poll5: &Fixture) {
     let mut g = c.benchmark_group("store");
-    for (name, fx) in [("poll=0s", poll0), ("poll=100ms", poll100)] {
+    for (name, fx) in [("poll=0s", poll0), ("poll=5ms (default)", poll5)] {
         g.bench_function(format!("ledger.sync/{name}"), |b| {
             b.iter(|| fx.host.ledger().sync().expect("sync"))
         });
@@ -578,6 +579,39 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// The whole call pipeline in-process (`Host::call`: verify lookup, span, schema, resource,
+/// guard, audit line, dispatch, metrics) against calling the same tool directly: what capgate
+/// adds to every call once the transport has delivered it.
+fn pipeline(c: &mut Criterion, fx: &Fixture) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let token = fx.token(2).to_owned();
+    rt.block_on(fx.host.call(&token, "doc_read", fx.call_args.clone()))
+        .expect("the pipeline call is allowed");
+    let mut g = c.benchmark_group("pipeline");
+    g.bench_function("Host::call doc_read/2", |b| {
+        b.iter(|| {
+            rt.block_on(fx.host.call(&token, "doc_read", fx.call_args.clone()))
+                .is_ok()
+        })
+    });
+    let tool = doc_read_tool();
+    let resource = Resource::new(fx.resource.clone());
+    g.bench_function("floor: the tool alone", |b| {
+        b.iter(|| {
+            rt.block_on(tool.call(ToolInput {
+                args: fx.call_args.clone(),
+                resource: resource.clone(),
+                ctx: ToolContext::detached("doc_read"),
+            }))
+            .is_ok()
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(50)
@@ -590,8 +624,8 @@ fn main() {
         decision_cache: 0,
         ..BASE
     });
-    let poll100 = Fixture::new(Shape {
-        store_poll: "100ms",
+    let poll0 = Fixture::new(Shape {
+        store_poll: "0s",
         ..BASE
     });
     let mut scaled = Vec::new();
@@ -612,7 +646,8 @@ fn main() {
     warm(&mut c, &base, &no_cache);
     scaling(&mut c, &scaled);
     issuance(&mut c, &base);
-    store(&mut c, &base, &poll100);
+    store(&mut c, &poll0, &base);
+    pipeline(&mut c, &base);
     c.final_summary();
 
     // The paired run is a measurement, not a test: skip it under `cargo test --benches`, and

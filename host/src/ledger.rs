@@ -4,7 +4,7 @@
 //! "which live task does it carry?" without a database round trip on every call.
 //! Invariant: a revocation made through this process is visible to the very next call; one made
 //! by another process (the CLI, another replica) is picked up at the next call after the store
-//! reports a change (checked every call by default, see `[guard] store_poll`). Every revocation
+//! reports a revocation (looked for at most every `[guard] store_poll`). Every revocation
 //! bumps [`TaskLedger::epoch`], which invalidates every cached allow at once.
 
 use std::collections::HashMap;

@@ -205,8 +205,8 @@ pub trait TaskStore: Send + Sync {
     fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error>;
     /// A task's usage, per tool.
     fn usage(&self, task_id: &str) -> Result<Vec<ToolUsage>, Error>;
-    /// A number that changes whenever another process commits to the store, so that cached
-    /// revocations and tasks can be refreshed cheaply.
+    /// A number that changes whenever any process writes a revocation (ending a task writes
+    /// one), so that cached revocations and tasks can be refreshed cheaply and only when needed.
     fn change_counter(&self) -> Result<u64, Error>;
 }
 
@@ -290,6 +290,13 @@ impl SqliteStore {
                     out_of_intent INTEGER NOT NULL DEFAULT 0,
                     PRIMARY KEY (task_id, tool)
                  );
+                 -- Bumped with every revocation, so that other processes notice exactly those
+                 -- (and not, say, usage counters being written).
+                 CREATE TABLE IF NOT EXISTS revision (
+                    id            INTEGER PRIMARY KEY CHECK (id = 0),
+                    value         INTEGER NOT NULL
+                 );
+                 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
                  PRAGMA user_version = 1;
                  COMMIT;",
             )
@@ -334,6 +341,8 @@ macro_rules! task_columns {
          end_reason, trace_id, span_id"
     };
 }
+
+const BUMP_REVISION: &str = "UPDATE revision SET value = value + 1 WHERE id = 0";
 
 // Statements are constants so that the connection's statement cache (`prepare_cached`) parses
 // each once: the task lookup and the insert sit on the issuance and first-call paths.
@@ -474,18 +483,21 @@ impl TaskStore for SqliteStore {
             ],
         )
         .map_err(|e| self.err(e))?;
+        tx.execute(BUMP_REVISION, []).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Some(task))
     }
 
     fn revoke(&self, revocation_id: &str, reason: &str) -> Result<(), Error> {
-        self.lock()
-            .execute(
-                "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
-                params![revocation_id, reason, millis(SystemTime::now())],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
+            params![revocation_id, reason, millis(SystemTime::now())],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(BUMP_REVISION, []).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     fn revocations(&self) -> Result<Vec<Revocation>, Error> {
@@ -562,7 +574,7 @@ impl TaskStore for SqliteStore {
     fn change_counter(&self) -> Result<u64, Error> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("PRAGMA data_version")
+            .prepare_cached("SELECT value FROM revision WHERE id = 0")
             .map_err(|e| self.err(e))?;
         stmt.query_row([], |r| r.get::<_, i64>(0))
             .map(|v| v as u64)
