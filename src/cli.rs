@@ -99,6 +99,20 @@ pub enum TokenCommand {
         #[arg(long, default_value = "7d")]
         ttl: String,
     },
+    /// Mint an approval for a human approver (printed on stdout). A task request over HTTP
+    /// presents it in the `Capgate-Approval` header; it becomes the task's `approved_by`. An
+    /// agent cannot approve its own task: `approved_by` in a request body is refused.
+    Approval {
+        /// Who approves (becomes `approved_by`).
+        #[arg(long = "by", value_name = "NAME")]
+        by: String,
+        /// Only this agent's task requests may present it.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How long the approval stays valid.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
     /// Revoke a token's authority block: the token, every task issued from it and every token
     /// derived from those stop working at once, across restarts.
     Revoke {

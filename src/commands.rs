@@ -98,6 +98,25 @@ pub(crate) fn token(
             );
             println!("{encoded}");
         }
+        TokenCommand::Approval { by, agent, ttl } => {
+            let key = RootKey::load(&config.root_key_file())?;
+            let ttl = parse_duration(ttl).map_err(anyhow::Error::msg)?;
+            let token = capability::mint_approval(&key, by, agent.as_deref(), ttl)?;
+            let encoded = token.to_base64().context("encoding the approval")?;
+            eprintln!(
+                "capgate: minted an approval by `{by}` for {}; valid until {}; revocation id {}",
+                agent
+                    .as_deref()
+                    .map_or("any agent".to_owned(), |a| format!("agent `{a}`")),
+                rfc3339(SystemTime::now() + ttl),
+                token
+                    .revocation_identifiers()
+                    .first()
+                    .map(hex::encode)
+                    .unwrap_or_default()
+            );
+            println!("{encoded}");
+        }
         TokenCommand::Revoke { token, reason } => {
             let token = read_token_arg(token)?;
             // Revoking needs no trust in the token: its first revocation id is only ever

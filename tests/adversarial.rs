@@ -226,8 +226,9 @@ async fn ended_tasks_replay_as_401_with_their_derived_tokens_across_a_restart() 
     let created: Value = http
         .post(format!("{}/v1/tasks", server.base()))
         .bearer_auth(&agent)
+        .header("capgate-approval", cg.approval("lead", None))
         .json(&json!({"purpose": "write a report", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]},
-                      "ttl": "10m", "approved_by": "lead"}))
+                      "ttl": "10m"}))
         .send()
         .await
         .unwrap()
@@ -351,6 +352,7 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
         &["fs_read=acme/docs/", "fs_write=acme/docs/", &docs_prefix],
     );
     std::os::unix::fs::symlink(cg.root.join("acme/out"), cg.root.join("acme/docs/link")).unwrap();
+    std::os::unix::fs::symlink("../out", cg.root.join("acme/docs/rlink")).unwrap();
     let server = cg.serve_http();
     let client = server.client(&task).await;
 
@@ -363,6 +365,7 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
     for path in [
         "acme/docs/../out/dotdot.txt",
         "acme/docs/link/symlinked.txt",
+        "acme/docs/rlink/relative-symlink.txt",
         "acme/docs%2F..%2Fout/encoded.txt",
     ] {
         let r = call(&client, "fs_write", json!({"path": path, "content": "x"}))
@@ -373,6 +376,22 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
         assert!(
             d["message"].as_str().unwrap().contains("starts_with"),
             "the failed check is named: {d}"
+        );
+    }
+    // `..` after a component that does not exist would leave the symlink after it unchecked: the
+    // path is refused while its resource is derived, before the guard and before any I/O.
+    for (tool, args) in [
+        (
+            "fs_write",
+            json!({"path": "acme/docs/nx/../rlink/s.txt", "content": "x"}),
+        ),
+        ("fs_read", json!({"path": "acme/docs/nx/../rlink/s.txt"})),
+    ] {
+        let e = call(&client, tool, args).await.unwrap_err();
+        assert_eq!(rpc_code(&e), -32602, "{tool}: {e:?}");
+        assert!(
+            format!("{e:?}").contains("does not exist"),
+            "{tool}: the error says why: {e:?}"
         );
     }
     let written: Vec<_> = cg

@@ -30,13 +30,13 @@ async fn issuance_over_http() {
     let resp = http
         .post(format!("{}/v1/tasks", server.base()))
         .bearer_auth(&agent)
+        .header("capgate-approval", cg.approval("bob", Some("writer")))
         .json(&json!({
             "purpose": "Write the weekly report",
             "tools": ["fs_read", "fs_write"],
             "resources": {"fs_read": ["acme/docs/"], "fs_write": ["acme/out/report.txt"]},
             "ttl": 600,
-            "on_behalf_of": "alice",
-            "approved_by": "bob"
+            "on_behalf_of": "alice"
         }))
         .send()
         .await
@@ -84,6 +84,7 @@ async fn issuance_over_http() {
         .unwrap();
     assert_eq!(got["active"], true);
     assert_eq!(got["task"]["intent"]["on_behalf_of"], "alice");
+    assert_eq!(got["task"]["intent"]["approved_by"], "bob");
     assert!(
         got["task"].get("token").is_none(),
         "the store never holds the bearer token"
@@ -129,6 +130,77 @@ async fn issuance_over_http() {
         .unwrap();
     assert_eq!(got["active"], false);
     assert_eq!(got["task"]["end_reason"], "completed");
+}
+
+/// Approval over HTTP is an operator-minted token, never the requester's word: a name in the
+/// body, a forged or foreign approval, one bound to another agent, a revoked one and an agent
+/// token posing as one are refused, and no task comes of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn approval_cannot_be_asserted_by_the_agent() {
+    let cg = Capgate::new();
+    let agent = cg.mint("writer", "acme", &["fs_write"], &[]);
+    let server = cg.serve_http();
+    let http = reqwest::Client::new();
+    let intent = json!({"purpose": "Write", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
+    let post = |approval: Option<String>, body: Value| {
+        let mut req = http
+            .post(format!("{}/v1/tasks", server.base()))
+            .bearer_auth(&agent)
+            .json(&body);
+        if let Some(a) = approval {
+            req = req.header("capgate-approval", a);
+        }
+        req.send()
+    };
+    // No approval at all: the policy's rule refuses.
+    let resp = post(None, intent.clone()).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "approval-required", "{body}");
+    // A name written by the requester.
+    let mut asserted = intent.clone();
+    asserted["approved_by"] = json!("boss");
+    let resp = post(None, asserted).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("Capgate-Approval"));
+    // Approvals that are not valid here.
+    let other = Capgate::new();
+    let revoked = cg.approval("lead", None);
+    let out = cg.run(&["token", "revoke", &revoked]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (why, approval) in [
+        (
+            "bound to another agent",
+            cg.approval("lead", Some("someone-else")),
+        ),
+        ("signed by another root key", other.approval("lead", None)),
+        ("an agent token", agent.clone()),
+        ("garbage", "not-a-token".to_owned()),
+        ("revoked", revoked),
+    ] {
+        let resp = post(Some(approval), intent.clone()).await.unwrap();
+        assert_eq!(resp.status(), 403, "{why}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "approval_refused", "{why}: {body}");
+    }
+    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    assert_eq!(tasks.trim(), "", "no task was issued: {tasks}");
+    // A valid approval for this agent: issued, with the approver recorded.
+    let resp = post(Some(cg.approval("lead", Some("writer"))), intent)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    let shown: Value = serde_json::from_slice(
+        &cg.run(&["task", "show", body["task_id"].as_str().unwrap(), "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(shown["task"]["intent"]["approved_by"], "lead");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,6 +505,14 @@ async fn in_band_approval_is_asked_through_elicitation() {
         r.structured_content.unwrap()["capgate"]["reason"],
         "approval-required"
     );
+    // The model cannot vouch for a human by writing a name.
+    let mut self_approved = intent.clone();
+    self_approved["approved_by"] = json!("Alice");
+    let e = client
+        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(self_approved)))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("elicitation"), "{e:?}");
     client.cancel().await.unwrap();
     let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
     assert_eq!(

@@ -74,6 +74,11 @@ pub enum TokenError {
     /// A token could not be built.
     #[error("cannot build token: {0}")]
     Build(String),
+    /// Presented as an approval, the token is not a valid one for this request.
+    #[error(
+        "not a valid approval: {0}; the operator mints approvals with `capgate token approval --by NAME [--agent ID]`"
+    )]
+    NotApproval(String),
 }
 
 impl TokenError {
@@ -89,6 +94,7 @@ impl TokenError {
             TokenError::Expired(_) => "token_expired",
             TokenError::Revoked { .. } => "token_revoked",
             TokenError::Build(_) => "token_build",
+            TokenError::NotApproval(_) => "approval_invalid",
         }
     }
 }
@@ -255,9 +261,53 @@ pub fn mint_agent_token(root: &RootKey, grant: &AgentGrant) -> Result<Biscuit, T
         }
     }
     if let Some(ttl) = grant.ttl {
-        b = b.check_expiration_date(SystemTime::now() + ttl);
+        let until = SystemTime::now()
+            .checked_add(ttl)
+            .filter(|t| *t <= date_time(u64::MAX))
+            .ok_or_else(|| build_err(format!("a ttl of {ttl:?} is past the year 9999")))?;
+        b = b.check_expiration_date(until);
     }
     b.build(root.keypair()).map_err(build_err)
+}
+
+/// Mints an approval: a token, signed by the root key, saying that the human `by` approved
+/// side effects — for `agent`'s task requests only when given — until `ttl` from now. A task
+/// request over HTTP presents it in the `Capgate-Approval` header to satisfy `approved_by`;
+/// an agent cannot assert approval by itself. Its authority block holds `approver($by)`, an
+/// optional `approves_agent($agent)` and an expiry check; it carries no `agent` fact, so it
+/// can never be used as an agent token, nor an agent token as an approval.
+pub fn mint_approval(
+    root: &RootKey,
+    by: &str,
+    agent: Option<&str>,
+    ttl: Duration,
+) -> Result<Biscuit, TokenError> {
+    if by.trim().is_empty() {
+        return Err(TokenError::Build(
+            "the approver's name must be non-empty".into(),
+        ));
+    }
+    let mut b = Biscuit::builder()
+        .fact(fact1("approver", by))
+        .map_err(build_err)?;
+    if let Some(agent) = agent {
+        b = b.fact(fact1("approves_agent", agent)).map_err(build_err)?;
+    }
+    let until = SystemTime::now()
+        .checked_add(ttl)
+        .filter(|t| *t <= date_time(u64::MAX))
+        .ok_or_else(|| build_err(format!("a ttl of {ttl:?} is past the year 9999")))?;
+    b = b.check_expiration_date(until);
+    b.build(root.keypair()).map_err(build_err)
+}
+
+/// A verified approval.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// Who approved (the `approver` fact of the authority block).
+    pub by: String,
+    /// The approval token's revocation ids, hex; a revoked approval is refused.
+    pub revocation_ids: Vec<String>,
 }
 
 /// What issuance granted a task: the block appended to the agent token.
@@ -417,9 +467,13 @@ impl VerifiedToken {
         }
         let (facts, rules, checks, _) = authorizer.dump();
         let mut strings = BTreeSet::new();
+        let mut time_bounds = Vec::new();
         for f in &facts {
             for t in &f.predicate.terms {
                 collect_term_strings(t, &mut strings);
+                // A date held in a fact can bound time as well as a literal in a check can
+                // (`until(2030-01-01T00:00:00Z); check if time($t), until($u), $t <= $u`).
+                collect_term_dates(t, &mut time_bounds);
             }
         }
         for check in &checks {
@@ -435,7 +489,6 @@ impl VerifiedToken {
             }
         }
         let expires_at = checks.iter().filter_map(check_upper_bound).min();
-        let mut time_bounds = Vec::new();
         for check in &checks {
             for q in &check.queries {
                 collect_rule_dates(q, &mut time_bounds);
@@ -577,7 +630,7 @@ fn query_upper_bound(rule: &builder::Rule) -> Option<SystemTime> {
                 _ => None,
             };
             if let Some(d) = date {
-                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(d);
+                let t = date_time(d);
                 bound = Some(bound.map_or(t, |b| b.min(t)));
             }
         }
@@ -607,7 +660,15 @@ fn collect_op_strings(ops: &[builder::Op], out: &mut BTreeSet<String>) {
     }
 }
 
-fn collect_rule_dates(rule: &builder::Rule, out: &mut Vec<SystemTime>) {
+/// A Datalog date as a time. A date past what `SystemTime` holds (a token may carry any `u64`)
+/// saturates instead of overflowing: as a bound it is then simply never reached.
+pub(crate) fn date_time(secs: u64) -> SystemTime {
+    // 9999-12-31T23:59:59Z: past it, formatting and arithmetic stop being meaningful.
+    const LAST: u64 = 253_402_300_799;
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(LAST))
+}
+
+pub(crate) fn collect_rule_dates(rule: &builder::Rule, out: &mut Vec<SystemTime>) {
     for p in std::iter::once(&rule.head).chain(rule.body.iter()) {
         for t in &p.terms {
             collect_term_dates(t, out);
@@ -628,9 +689,9 @@ fn collect_op_dates(ops: &[builder::Op], out: &mut Vec<SystemTime>) {
     }
 }
 
-fn collect_term_dates(term: &Term, out: &mut Vec<SystemTime>) {
+pub(crate) fn collect_term_dates(term: &Term, out: &mut Vec<SystemTime>) {
     match term {
-        Term::Date(d) => out.push(SystemTime::UNIX_EPOCH + Duration::from_secs(*d)),
+        Term::Date(d) => out.push(date_time(*d)),
         Term::Set(s) => s.iter().for_each(|t| collect_term_dates(t, out)),
         Term::Array(a) => a.iter().for_each(|t| collect_term_dates(t, out)),
         Term::Map(m) => m.values().for_each(|t| collect_term_dates(t, out)),
@@ -725,6 +786,69 @@ impl Verifier {
             .verify(self.root)
             .map_err(|e| TokenError::BadSignature(e.to_string()))?;
         VerifiedToken::from_biscuit(biscuit, &self.limits)
+    }
+
+    /// Reads an approval token (see [`mint_approval`]): verified against the root key, every
+    /// check of every block passing at `now` (so unexpired), exactly one approver, and bound to
+    /// `agent` when it is bound at all. Revocation is the caller's to check.
+    pub fn verify_approval(
+        &self,
+        token: &str,
+        agent: &str,
+        now: SystemTime,
+    ) -> Result<Approval, TokenError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(TokenError::NotApproval("the approval is empty".into()));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge(token.len()));
+        }
+        let biscuit = UnverifiedBiscuit::from_base64(token)
+            .map_err(|e| TokenError::Malformed(describe_token_error(&e)))?
+            .verify(self.root)
+            .map_err(|e| TokenError::BadSignature(e.to_string()))?;
+        let mut authorizer = AuthorizerBuilder::new()
+            .set_limits(self.limits.clone())
+            .fact(builder::fact("time", &[builder::date(&now)]))
+            .and_then(|b| b.code("allow if approver($a);"))
+            .and_then(|b| b.build(&biscuit))
+            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        authorizer.authorize().map_err(|e| match e {
+            biscuit_auth::error::Token::RunLimit(_) => TokenError::TooComplex(e.to_string()),
+            _ => TokenError::NotApproval(
+                "it has expired, or it is not an approval (no `approver` fact)".into(),
+            ),
+        })?;
+        // Queries see the authority block only: a block appended later cannot add an approver.
+        let names = |authorizer: &mut biscuit_auth::Authorizer, rule: &str| {
+            authorizer
+                .query(rule)
+                .map(|facts: Vec<(String,)>| facts.into_iter().map(|(n,)| n).collect::<Vec<_>>())
+                .map_err(|e| TokenError::NotApproval(e.to_string()))
+        };
+        let by = names(&mut authorizer, "data($a) <- approver($a)")?;
+        let [by] = by.as_slice() else {
+            return Err(TokenError::NotApproval(format!(
+                "it names {} approvers; exactly one is needed",
+                by.len()
+            )));
+        };
+        let agents = names(&mut authorizer, "data($a) <- approves_agent($a)")?;
+        if !agents.is_empty() && !agents.iter().any(|a| a == agent) {
+            return Err(TokenError::NotApproval(format!(
+                "it approves agent {} only, and `{agent}` asked",
+                agents.join(", ")
+            )));
+        }
+        Ok(Approval {
+            by: by.clone(),
+            revocation_ids: biscuit
+                .revocation_identifiers()
+                .iter()
+                .map(hex::encode)
+                .collect(),
+        })
     }
 
     /// Forgets every cached token.
@@ -848,12 +972,11 @@ pub fn rfc3339(t: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        .to_string()
+    humantime::format_rfc3339_seconds(date_time(secs)).to_string()
 }
 
 mod unix_seconds {
-    use std::time::{Duration, SystemTime};
+    use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -867,7 +990,7 @@ mod unix_seconds {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let secs = u64::deserialize(d)?;
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        Ok(super::date_time(secs))
     }
 }
 

@@ -428,14 +428,17 @@ impl Guard {
         }
         let task = task?;
         let spec = call.spec();
-        // The token's identity is its last block's revocation id: it is the signature over
-        // everything before it, so two tokens share it only if they are the same token.
-        let id = token.revocation_ids().last()?;
+        // The token is named by every block's revocation id (its signature), not the last one
+        // alone: biscuit's version-0 block signatures do not cover the previous signature, so
+        // the last block could in principle be spliced onto other earlier blocks.
         // Every field is length-prefixed so that no choice of argument values can make two
         // different sets of facts spell the same key.
-        let mut key = String::with_capacity(256);
+        let ids = token.revocation_ids();
+        let mut key = String::with_capacity(160 * ids.len() + 256);
+        for id in ids {
+            push_field(&mut key, id);
+        }
         for field in [
-            id.as_str(),
             task.id.as_str(),
             spec.name.as_str(),
             spec.operation.as_str(),
@@ -466,9 +469,10 @@ impl Guard {
     fn cache_insert(&self, key: String, token: &VerifiedToken, now: SystemTime) {
         let epoch = self.ledger.epoch();
         let horizon = now + self.settings.cache_ttl;
-        let valid_until = token
-            .next_time_bound(now)
-            .map_or(horizon, |t| t.min(horizon));
+        let valid_until = [token.next_time_bound(now), self.policy.next_date(now)]
+            .into_iter()
+            .flatten()
+            .fold(horizon, SystemTime::min);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.settings.cache_entries {
             cache.clear();

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use biscuit_auth::{AuthorizerLimits, PublicKey};
 
@@ -249,6 +249,21 @@ impl Host {
     /// The token verifier.
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.inner.verifier
+    }
+
+    /// Who approved, according to an approval token presented with `agent`'s task request:
+    /// verified against the root key, unexpired, bound to `agent` if bound at all, not revoked.
+    pub fn approval(&self, token: &str, agent: &str) -> Result<String, TokenError> {
+        let approval = self
+            .inner
+            .verifier
+            .verify_approval(token, agent, SystemTime::now())?;
+        let ledger = self.ledger();
+        ledger
+            .sync()
+            .map_err(|e| TokenError::NotApproval(format!("the revocation store failed: {e}")))?;
+        ledger.check_revocation_ids(&approval.revocation_ids)?;
+        Ok(approval.by)
     }
 
     /// The root public key.

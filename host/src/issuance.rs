@@ -311,8 +311,11 @@ impl Issuer {
             }
         }
 
-        // Allowed: build the grant. A task never outlives the token it was issued from.
-        let mut expires_at = now + ttl;
+        // Allowed: build the grant. A task never outlives the token it was issued from, nor
+        // `max_task_ttl`, whatever a custom policy let through.
+        let mut expires_at = now
+            .checked_add(ttl.min(self.max_ttl))
+            .unwrap_or_else(|| crate::capability::date_time(u64::MAX));
         if let Some(limit) = token.expires_at() {
             expires_at = expires_at.min(limit);
         }

@@ -29,6 +29,7 @@ pub struct TaskLedger {
     tasks: RwLock<HashMap<String, Arc<TaskRecord>>>,
     epoch: AtomicU64,
     counter: AtomicU64,
+    reloading: Mutex<()>,
     poll: Duration,
     last_poll: Mutex<Instant>,
     observers: RwLock<Vec<Arc<dyn TaskObserver>>>,
@@ -44,6 +45,7 @@ impl TaskLedger {
             tasks: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             counter: AtomicU64::new(counter),
+            reloading: Mutex::new(()),
             poll,
             last_poll: Mutex::new(Instant::now()),
             observers: RwLock::new(Vec::new()),
@@ -97,19 +99,33 @@ impl TaskLedger {
             *last = Instant::now();
         }
         let now = self.store.change_counter()?;
-        if self.counter.swap(now, Ordering::AcqRel) != now {
-            self.reload()?;
+        if self.counter.load(Ordering::Acquire) == now {
+            return Ok(());
         }
+        // One reload at a time, and the counter moves only once it succeeded: a failed reload is
+        // retried at the next look instead of being forgotten, and no caller is told "in sync"
+        // while another is still reading the revocations.
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if self.counter.load(Ordering::Acquire) == now {
+            return Ok(());
+        }
+        self.reload()?;
+        self.counter.store(now, Ordering::Release);
         Ok(())
     }
 
     /// Refuses a token any of whose blocks is revoked.
     pub fn check_revocation(&self, token: &VerifiedToken) -> Result<(), TokenError> {
+        self.check_revocation_ids(token.revocation_ids())
+    }
+
+    /// Refuses when any of these blocks is revoked.
+    pub fn check_revocation_ids(&self, ids: &[String]) -> Result<(), TokenError> {
         let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
         if revoked.is_empty() {
             return Ok(());
         }
-        for (block, id) in token.revocation_ids().iter().enumerate() {
+        for (block, id) in ids.iter().enumerate() {
             if let Some(r) = revoked.get(id) {
                 return Err(TokenError::Revoked {
                     block,

@@ -6,10 +6,12 @@
 //! cause of a rule that silently never matches.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 use biscuit_auth::AuthorizerBuilder;
 use biscuit_auth::builder::{Check, Predicate, Rule};
 
+use crate::capability::{collect_rule_dates, collect_term_dates};
 use crate::error::Error;
 
 /// Which decision a policy makes; each has its own vocabulary.
@@ -88,6 +90,7 @@ pub struct Policy {
     builder: AuthorizerBuilder,
     checks: Vec<RuleInfo>,
     warnings: Vec<LintWarning>,
+    dates: Vec<SystemTime>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -214,13 +217,44 @@ impl Policy {
         warnings.sort_by_key(|w| w.line);
         warnings.dedup();
 
+        // Every date the policy mentions: a decision taken before one of them may differ after
+        // it, so the guard's decision cache must not carry an allow across it.
+        let mut dates = Vec::new();
+        for (_, rule) in &rules {
+            collect_rule_dates(rule, &mut dates);
+        }
+        for (_, check) in &checks_parsed {
+            check_queries(check).for_each(|q| collect_rule_dates(q, &mut dates));
+        }
+        for (_, policy) in &policies {
+            policy
+                .queries
+                .iter()
+                .for_each(|q| collect_rule_dates(q, &mut dates));
+        }
+        for (_, f) in &parsed.facts {
+            let f: biscuit_auth::builder::Fact = f.clone().into();
+            f.predicate
+                .terms
+                .iter()
+                .for_each(|t| collect_term_dates(t, &mut dates));
+        }
+        dates.sort();
+        dates.dedup();
+
         Ok(Policy {
             kind,
             origin: origin.to_owned(),
             builder,
             checks,
             warnings,
+            dates,
         })
+    }
+
+    /// The first date the policy mentions that is after `now`, if any.
+    pub fn next_date(&self, now: SystemTime) -> Option<SystemTime> {
+        self.dates.iter().copied().find(|t| *t > now)
     }
 
     /// Where the policy came from.

@@ -479,8 +479,7 @@ fn task_begin_tool() -> McpTool {
             "resources": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
                           "description": "Resource prefixes per tool, e.g. {\"fs_read\": [\"docs/\"]}."},
             "ttl": {"type": ["string", "integer"], "description": "Lifetime, e.g. \"15m\" or seconds."},
-            "on_behalf_of": {"type": "string", "description": "Who the task acts for."},
-            "approved_by": {"type": "string", "description": "Who approved side effects, if anyone did."}
+            "on_behalf_of": {"type": "string", "description": "Who the task acts for."}
         },
         "required": ["purpose", "tools"],
         "additionalProperties": false
@@ -579,6 +578,14 @@ impl Session {
                     None,
                 )
             })?;
+        // The model cannot vouch for a human: approval comes only from the human, asked
+        // through elicitation below.
+        if intent.approved_by.is_some() {
+            return Err(McpError::invalid_params(
+                "`approved_by` cannot be asserted in-band: when a tool needs approval, capgate asks the human through MCP elicitation",
+                None,
+            ));
+        }
         let channel = match state.transport {
             Transport::Http => Channel::McpHttp,
             _ => Channel::Stdio,

@@ -142,6 +142,21 @@ resources = ["globex/"]
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// `capgate token approval --by BY [--agent AGENT]`: an approval for a task request.
+    pub fn approval(&self, by: &str, agent: Option<&str>) -> String {
+        let mut args = vec!["token", "approval", "--by", by];
+        if let Some(a) = agent {
+            args.extend(["--agent", a]);
+        }
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "approval: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     /// `capgate task begin --json`; `Ok(json)` or `Err(stderr)`.
     pub fn begin_cli(
         &self,

@@ -4,16 +4,20 @@
 //! Invariant: a path that would leave the root is refused while the call's resource is derived,
 //! before the guard runs and before any file is opened. The resource is the canonical absolute
 //! path (`..` and symlinks resolved), so a policy prefix on it cannot be walked around. The I/O
-//! itself then goes through a `cap_std` directory handle on the root, which refuses to follow
-//! anything out of it: a symlink swapped in between the check and the open still cannot escape.
+//! itself then walks that symlink-free path one component at a time from a `cap_std` handle on
+//! the root, refusing any symbolic link: one swapped in between the check and the open fails the
+//! call instead of redirecting it, inside the root as well as out of it. Only regular files are
+//! read or written (a FIFO or device would block or misbehave).
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::ambient_authority;
-use cap_std::fs::Dir;
+use cap_std::fs::{Dir, File, OpenOptions, OpenOptionsExt};
 use capgate_host::config::FsToolsConfig;
 use capgate_host::rmcp::model::{ContentBlock, ResourceContents};
 use capgate_host::{Operation, Resource, ToolError, ToolOutput, TypedTool};
@@ -72,6 +76,15 @@ impl FsRoot {
         for comp in input.components() {
             match comp {
                 Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+                // Past a component that does not exist, `..` would be resolved lexically, and a
+                // symbolic link further on would then go unchecked; the OS refuses such a path
+                // too (ENOENT), so it is refused here.
+                Component::ParentDir if !exists => {
+                    return Err(ToolError::invalid(
+                        field,
+                        format!("`{raw}`: `..` after a component that does not exist"),
+                    ));
+                }
                 Component::ParentDir => {
                     current.pop();
                 }
@@ -160,6 +173,36 @@ impl FsRoot {
             .map_err(|_| ToolError::failed("the authorized resource is not under the tool root"))
     }
 
+    /// Opens the directory at `rel` (relative to the root, symlink-free as `resolve` made it) one
+    /// component at a time, refusing symbolic links; with `create`, missing components are made.
+    fn open_dir_strict(&self, rel: &Path, create: bool) -> std::io::Result<Dir> {
+        let mut dir = self.dir.try_clone()?;
+        for comp in rel.components() {
+            let name = match comp {
+                Component::CurDir => continue,
+                Component::Normal(name) => name,
+                _ => return Err(std::io::Error::other("not a plain relative path")),
+            };
+            dir = match dir.open_dir_nofollow(name) {
+                Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                    dir.create_dir(name)?;
+                    dir.open_dir_nofollow(name)?
+                }
+                other => other?,
+            };
+        }
+        Ok(dir)
+    }
+
+    /// The directory holding `rel`, opened strictly, and `rel`'s last component.
+    fn open_parent<'a>(&self, rel: &'a Path, create: bool) -> std::io::Result<(Dir, &'a OsStr)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the path has no file name"))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.open_dir_strict(parent, create)?, name))
+    }
+
     fn display(&self, resource: &Resource) -> String {
         match Path::new(resource.as_str().trim_end_matches('/')).strip_prefix(&self.root) {
             Ok(p) if p.as_os_str().is_empty() => ".".into(),
@@ -169,11 +212,36 @@ impl FsRoot {
     }
 }
 
+/// Opens `name` in `dir` without following a symbolic link and without blocking on a FIFO, and
+/// accepts only a regular file.
+fn open_regular(dir: &Dir, name: &OsStr, opts: &mut OpenOptions) -> std::io::Result<File> {
+    opts.follow(FollowSymlinks::No)
+        .custom_flags(libc::O_NONBLOCK);
+    let file = dir.open_with(name, opts)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a directory",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 fn io_failed(what: &str, path: &str, e: std::io::Error) -> ToolError {
     let reason = match e.kind() {
         std::io::ErrorKind::NotFound => "not found".to_owned(),
         std::io::ErrorKind::PermissionDenied => {
             "permission denied (or it leads outside the tool root)".to_owned()
+        }
+        std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
+        // ELOOP / ENOTDIR: a symbolic link is on the way. `resolve` left none, so one appeared
+        // after the check; following it could land anywhere.
+        _ if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            "a symbolic link (or a file) is where a directory was checked; refused".to_owned()
         }
         _ => e.to_string(),
     };
@@ -264,24 +332,28 @@ pub fn fs_read(root: Arc<FsRoot>) -> impl capgate_host::Tool {
 fn read(root: &FsRoot, resource: &Resource, args: &ReadArgs) -> Result<ToolOutput, ToolError> {
     let rel = root.relative(resource)?;
     let shown = root.display(resource);
-    let meta = root
-        .dir
-        .metadata(rel)
-        .map_err(|e| io_failed("cannot read", &shown, e))?;
-    if meta.is_dir() {
+    if rel == Path::new(".") {
         return Err(ToolError::failed(format!(
             "`{shown}` is a directory; use fs_list"
         )));
     }
+    let mut file = root
+        .open_parent(rel, false)
+        .and_then(|(dir, name)| open_regular(&dir, name, OpenOptions::new().read(true)))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::IsADirectory => {
+                ToolError::failed(format!("`{shown}` is a directory; use fs_list"))
+            }
+            _ => io_failed("cannot open", &shown, e),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_failed("cannot read", &shown, e))?;
     let limit = args
         .max_bytes
         .unwrap_or(root.limits.max_read_bytes)
         .min(root.limits.max_read_bytes);
     let offset = args.offset.unwrap_or(0);
-    let mut file = root
-        .dir
-        .open(rel)
-        .map_err(|e| io_failed("cannot open", &shown, e))?;
     if offset > 0 {
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(offset))
@@ -333,8 +405,8 @@ fn list(root: &FsRoot, resource: &Resource) -> Result<ToolOutput, ToolError> {
     let rel = root.relative(resource)?;
     let shown = root.display(resource);
     let entries = root
-        .dir
-        .read_dir(rel)
+        .open_dir_strict(rel, false)
+        .and_then(|dir| dir.entries())
         .map_err(|e| io_failed("cannot list", &shown, e))?;
     let mut items = Vec::new();
     let mut more = false;
@@ -405,56 +477,56 @@ pub fn fs_write(root: Arc<FsRoot>) -> impl capgate_host::Tool {
 }
 
 fn write(root: &FsRoot, resource: &Resource, args: &WriteArgs) -> Result<ToolOutput, ToolError> {
-    let rel = root.relative(resource)?.to_path_buf();
+    let rel = root.relative(resource)?;
     let shown = root.display(resource);
     if rel == Path::new(".") {
         return Err(ToolError::failed(
             "cannot write to the root directory itself",
         ));
     }
-    if root.dir.is_dir(&rel) {
-        return Err(ToolError::failed(format!("`{shown}` is a directory")));
-    }
-    let parent = rel
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf);
-    if let Some(parent) = &parent
-        && !root.dir.is_dir(parent)
-    {
-        if args.create_dirs {
-            root.dir
-                .create_dir_all(parent)
-                .map_err(|e| io_failed("cannot create directory for", &shown, e))?;
-        } else {
+    let (dir, name) = match root.open_parent(rel, args.create_dirs) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ToolError::failed(format!(
                 "the directory of `{shown}` does not exist; pass create_dirs: true to create it"
             )));
         }
+        Err(e) => return Err(io_failed("cannot open the directory of", &shown, e)),
+    };
+    if let Ok(meta) = dir.symlink_metadata(name)
+        && meta.is_dir()
+    {
+        return Err(ToolError::failed(format!("`{shown}` is a directory")));
     }
     if args.append {
         use std::io::Write;
-        let mut opts = cap_std::fs::OpenOptions::new();
-        opts.append(true).create(true);
-        let mut f = root
-            .dir
-            .open_with(&rel, &opts)
+        let mut f = open_regular(&dir, name, OpenOptions::new().append(true).create(true))
             .map_err(|e| io_failed("cannot open", &shown, e))?;
         f.write_all(args.content.as_bytes())
             .map_err(|e| io_failed("cannot append to", &shown, e))?;
     } else {
+        use std::io::Write;
         // Write a sibling temporary file, then rename over the target: a failure halfway never
-        // leaves a truncated file behind.
-        let name = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = rel.with_file_name(format!(".{name}.capgate-{}.tmp", std::process::id()));
-        root.dir
-            .write(&tmp, args.content.as_bytes())
-            .map_err(|e| io_failed("cannot write", &shown, e))?;
-        if let Err(e) = root.dir.rename(&tmp, &root.dir, &rel) {
-            let _ = root.dir.remove_file(&tmp);
+        // leaves a truncated file behind. The temporary is created exclusively, so nothing
+        // planted under its name (a symbolic link, a FIFO) is ever opened.
+        let tmp = format!(
+            ".{}.capgate-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        );
+        let _ = dir.remove_file(&tmp); // a leftover of a crash, never followed
+        let written = open_regular(
+            &dir,
+            OsStr::new(&tmp),
+            OpenOptions::new().write(true).create_new(true),
+        )
+        .and_then(|mut f| f.write_all(args.content.as_bytes()));
+        if let Err(e) = written {
+            let _ = dir.remove_file(&tmp);
+            return Err(io_failed("cannot write", &shown, e));
+        }
+        if let Err(e) = dir.rename(&tmp, &dir, name) {
+            let _ = dir.remove_file(&tmp);
             return Err(io_failed("cannot replace", &shown, e));
         }
     }
@@ -523,43 +595,60 @@ fn search(
     let mut matches = Vec::new();
     let mut files = 0usize;
     let mut truncated = false;
-    // Symbolic links are not followed: a walk must not leave the tree it was granted.
-    let mut stack = vec![rel];
-    'walk: while let Some(dir_rel) = stack.pop() {
+    // Symbolic links are not followed, and every directory is opened from its parent's handle
+    // without following one: a walk must not leave the tree it was granted.
+    let start = root
+        .open_dir_strict(&rel, false)
+        .map_err(|e| io_failed("cannot search", &shown, e))?;
+    let mut stack = vec![(start, rel)];
+    'walk: while let Some((dir, dir_rel)) = stack.pop() {
         if cancel.is_cancelled() {
             return Err(ToolError::failed("search cancelled"));
         }
-        let Ok(entries) = root.dir.read_dir(&dir_rel) else {
+        let Ok(entries) = dir.entries() else {
             continue;
         };
         let mut names: Vec<_> = entries.filter_map(Result::ok).collect();
         names.sort_by_key(|e| e.file_name());
         for entry in names {
             let Ok(ft) = entry.file_type() else { continue };
+            let name = entry.file_name();
             let child = if dir_rel == Path::new(".") {
-                PathBuf::from(entry.file_name())
+                PathBuf::from(&name)
             } else {
-                dir_rel.join(entry.file_name())
+                dir_rel.join(&name)
             };
-            if ft.is_symlink() {
+            if ft.is_dir() {
+                if let Ok(sub) = dir.open_dir_nofollow(&name) {
+                    stack.push((sub, child));
+                }
                 continue;
             }
-            if ft.is_dir() {
-                stack.push(child);
-                continue;
+            if !ft.is_file() {
+                continue; // symbolic links, FIFOs, sockets, devices
             }
             files += 1;
             if files > root.limits.max_search_files {
                 truncated = true;
                 break 'walk;
             }
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.len() > root.limits.max_read_bytes {
+            let Ok(file) = open_regular(&dir, &name, OpenOptions::new().read(true)) else {
+                continue;
+            };
+            if file
+                .metadata()
+                .map_or(true, |m| m.len() > root.limits.max_read_bytes)
+            {
                 continue;
             }
-            let Ok(text) = root.dir.read_to_string(&child) else {
+            let mut text = String::new();
+            if file
+                .take(root.limits.max_read_bytes)
+                .read_to_string(&mut text)
+                .is_err()
+            {
                 continue; // not UTF-8 text
-            };
+            }
             for (n, line) in text.lines().enumerate() {
                 if matcher(line) {
                     if matches.len() >= max_results {
@@ -665,6 +754,98 @@ mod tests {
             r.resolve("path", "inner/x.txt").unwrap(),
             r.root().join("docs/a/x.txt")
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dotdot_after_a_missing_component_is_refused() {
+        let (_dir, r) = root();
+        std::os::unix::fs::symlink("a", r.root().join("docs/rel")).unwrap();
+        let e = r.resolve("path", "docs/nx/../rel/x.txt").unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(r.resolve("path", "nx/../docs").is_err());
+    }
+
+    /// A symbolic link swapped in after the resource was checked fails the I/O instead of
+    /// redirecting it, even to a place inside the root.
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_swapped_in_after_the_check_is_not_followed() {
+        let (_dir, r) = root();
+        let base = r.root().to_path_buf();
+        std::fs::create_dir_all(base.join("other")).unwrap();
+        std::fs::write(base.join("other/x.txt"), "other").unwrap();
+        let file = r.resource("path", "docs/a/x.txt").unwrap();
+        let dir = r.resource("path", "docs/a").unwrap();
+        std::fs::rename(base.join("docs/a"), base.join("docs/a-moved")).unwrap();
+        std::os::unix::fs::symlink(base.join("other"), base.join("docs/a")).unwrap();
+
+        let args = ReadArgs {
+            path: "docs/a/x.txt".into(),
+            offset: None,
+            max_bytes: None,
+        };
+        let e = read(&r, &file, &args).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(list(&r, &dir).is_err());
+        let w = WriteArgs {
+            path: "docs/a/x.txt".into(),
+            content: "planted".into(),
+            append: false,
+            create_dirs: false,
+        };
+        assert!(write(&r, &file, &w).is_err());
+        let w = WriteArgs { append: true, ..w };
+        assert!(write(&r, &file, &w).is_err());
+        assert_eq!(
+            std::fs::read_to_string(base.join("other/x.txt")).unwrap(),
+            "other"
+        );
+        assert_eq!(std::fs::read_dir(base.join("other")).unwrap().count(), 1);
+
+        // The last component swapped for a symlink is refused too.
+        std::fs::remove_file(base.join("docs/a")).unwrap();
+        std::fs::rename(base.join("docs/a-moved"), base.join("docs/a")).unwrap();
+        std::fs::remove_file(base.join("docs/a/x.txt")).unwrap();
+        std::os::unix::fs::symlink(base.join("other/x.txt"), base.join("docs/a/x.txt")).unwrap();
+        assert!(read(&r, &file, &args).is_err());
+    }
+
+    /// A FIFO would block a reader forever: it is refused, and a search passes it by.
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_neither_read_nor_searched() {
+        let (_dir, r) = root();
+        let fifo = r.root().join("docs/a/pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let res = r.resource("path", "docs/a/pipe").unwrap();
+        let args = ReadArgs {
+            path: "docs/a/pipe".into(),
+            offset: None,
+            max_bytes: None,
+        };
+        let e = read(&r, &res, &args).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let search_args = SearchArgs {
+            pattern: "hello".into(),
+            path: None,
+            regex: false,
+            max_results: None,
+        };
+        let docs = r.resource("path", "docs").unwrap();
+        let out = search(
+            &r,
+            &docs,
+            &search_args,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let found = out.structured.unwrap()["matches"].clone();
+        assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
     }
 
     #[test]

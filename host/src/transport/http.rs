@@ -266,13 +266,17 @@ fn credential(req_ext: &axum::http::Extensions) -> Option<Arc<VerifiedToken>> {
     req_ext.get::<Credential>().map(|c| Arc::clone(&c.0))
 }
 
+/// The header carrying an approval token (`capgate token approval`) with a task request.
+pub const APPROVAL_HEADER: &str = "capgate-approval";
+
 async fn create_task(
     State(s): State<AppState>,
     ext: axum::Extension<Credential>,
+    headers: HeaderMap,
     body: Result<Json<Intent>, JsonRejection>,
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
-    let intent = match body {
+    let mut intent = match body {
         Ok(Json(i)) => i,
         Err(e) => {
             let status = e.status();
@@ -283,12 +287,37 @@ async fn create_task(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!(
-                    "the body must be a JSON task intent {{purpose, tools, resources, ttl, on_behalf_of, approved_by}}: {}",
+                    "the body must be a JSON task intent {{purpose, tools, resources, ttl, on_behalf_of}}: {}",
                     e.body_text()
                 ),
             );
         }
     };
+    // Approval is never the requester's word: the agent could write any name. It comes from an
+    // approval token the operator minted for a human, checked here like any token.
+    if intent.approved_by.is_some() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`approved_by` cannot be asserted by the requester; send an approval token (minted by the operator with `capgate token approval --by NAME`) in the `Capgate-Approval` header",
+        );
+    }
+    if let Some(raw) = headers.get(APPROVAL_HEADER) {
+        let approval = raw
+            .to_str()
+            .map_err(|_| TokenError::NotApproval("the header is not ASCII".into()))
+            .and_then(|raw| s.host.approval(raw, &token.identity().agent));
+        match approval {
+            Ok(by) => intent.approved_by = Some(by),
+            Err(e) => {
+                return json_error(
+                    StatusCode::FORBIDDEN,
+                    "approval_refused",
+                    &format!("the {APPROVAL_HEADER} header is refused: {e}"),
+                );
+            }
+        }
+    }
     let issuer = Arc::clone(s.host.issuer());
     let outcome =
         tokio::task::spawn_blocking(move || issuer.issue(&token, intent, Channel::Http)).await;
