@@ -491,6 +491,78 @@ async fn tenant_boundaries_hold_at_issuance_and_at_call_time() {
     client.cancel().await.unwrap();
 }
 
+/// A token of one task cannot read or end a sibling task of the same agent; a token derived
+/// from a task's token, and the agent token, can.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_token_reaches_its_own_task_only() {
+    let cg = Capgate::new();
+    let agent = acme_agent(&cg);
+    let (a, a_token) = cg.task(&agent, &["fs_read"], &["fs_read=acme/docs/"]);
+    let (b, b_token) = cg.task(&agent, &["fs_read"], &["fs_read=acme/docs/"]);
+    let a_derived = attenuate(&a_token, "check if tool(\"fs_read\");");
+    let server = cg.serve_http();
+    let http = reqwest::Client::new();
+    let status = |method: reqwest::Method, id: &str, token: &str| {
+        http.request(method, format!("{}/v1/tasks/{id}", server.base()))
+            .bearer_auth(token)
+            .send()
+    };
+    for (method, id, token) in [
+        (reqwest::Method::GET, &a, &b_token),
+        (reqwest::Method::DELETE, &a, &b_token),
+        (reqwest::Method::GET, &b, &a_derived),
+    ] {
+        let resp = status(method.clone(), id, token).await.unwrap();
+        assert_eq!(resp.status(), 404, "{method} with a sibling's token");
+    }
+    let shown: Value =
+        serde_json::from_slice(&cg.run(&["task", "show", &a, "--json"]).stdout).unwrap();
+    assert!(shown["task"]["end_reason"].is_null(), "task A still runs");
+    let resp = status(reqwest::Method::GET, &a, &a_derived).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = status(reqwest::Method::DELETE, &b, &agent).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = status(reqwest::Method::DELETE, &a, &a_derived)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A tenant's URL prefix written in another spelling (scheme case, default port, a trailing
+/// dot on the host) still claims what the network tool's resources spell canonically.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_url_prefixes_hold_in_any_spelling() {
+    let origin = Origin::start();
+    let addr = origin.url("").trim_start_matches("http://").to_owned();
+    let cg = Capgate::with_config(&format!(
+        "[tenants.initech]\nresources = [\"HTTP://{addr}/initech/\"]\n"
+    ));
+    let agent = acme_agent(&cg);
+    let (_id, task) = cg.task(&agent, &["http_fetch"], &[]);
+    let server = cg.serve_http();
+    let client = server.client(&task).await;
+    for url in [
+        origin.url("/initech/plans"),
+        format!("HTTP://{addr}/initech/plans"),
+    ] {
+        let r = call(&client, "http_fetch", json!({"url": url}))
+            .await
+            .unwrap();
+        assert_eq!(denial(&r)["reason"], "cross-tenant", "{url}");
+    }
+    assert_eq!(origin.hits(), 0, "no request reached the other tenant");
+    let r = call(
+        &client,
+        "http_fetch",
+        json!({"url": origin.url("/docs/page")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(origin.hits(), 1);
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     let cg = Capgate::new();

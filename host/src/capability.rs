@@ -1125,6 +1125,80 @@ mod tests {
         assert!(!v.identity().rights.contains(&"fs_write".to_owned()));
     }
 
+    /// A block may carry any `u64` as a date; reading it must not overflow (a panic here would
+    /// happen before expiry and revocation are checked).
+    #[test]
+    fn dates_past_what_a_clock_holds_do_not_panic() {
+        let root = RootKey::generate();
+        let token = mint_agent_token(&root, &grant()).unwrap();
+        let far = token
+            .append(
+                BlockBuilder::new()
+                    .fact(builder::fact("until", &[Term::Date(u64::MAX)]))
+                    .unwrap()
+                    .check(builder::check(
+                        &[builder::pred("time", &[builder::var("t")])],
+                        builder::CheckKind::One,
+                    ))
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        let v = Verifier::new(root.public(), 10).verify(&far).unwrap();
+        assert!(v.next_time_bound(SystemTime::now()).is_some());
+        assert_eq!(rfc3339(date_time(u64::MAX)), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn approvals_name_their_approver_and_bind_to_an_agent() {
+        let root = RootKey::generate();
+        let v = Verifier::new(root.public(), 10);
+        let now = SystemTime::now();
+        let any = mint_approval(&root, "lead", None, Duration::from_secs(60))
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(v.verify_approval(&any, "agent-7", now).unwrap().by, "lead");
+        let bound = mint_approval(&root, "lead", Some("agent-7"), Duration::from_secs(60))
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(v.verify_approval(&bound, "agent-7", now).is_ok());
+        let e = v.verify_approval(&bound, "agent-8", now).unwrap_err();
+        assert_eq!(e.kind(), "approval_invalid");
+        // Expired, an agent token, and a block appended to add a second approver.
+        let later = now + Duration::from_secs(120);
+        assert!(v.verify_approval(&any, "agent-7", later).is_err());
+        let agent = mint_agent_token(&root, &grant())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(v.verify_approval(&agent, "agent-7", now).is_err());
+        let widened = UnverifiedBiscuit::from_base64(&bound)
+            .unwrap()
+            .append(
+                BlockBuilder::new()
+                    .code("approves_agent(\"agent-8\");")
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(v.verify_approval(&widened, "agent-8", now).is_err());
+        let other = RootKey::generate();
+        let foreign = mint_approval(&other, "lead", None, Duration::from_secs(60))
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(
+            v.verify_approval(&foreign, "agent-7", now)
+                .unwrap_err()
+                .kind(),
+            "token_bad_signature"
+        );
+    }
+
     #[test]
     fn keys_round_trip_with_private_permissions() {
         let dir = tempfile::tempdir().unwrap();

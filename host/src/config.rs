@@ -76,7 +76,7 @@ pub struct ServerConfig {
     pub http: Option<SocketAddr>,
     /// Hostnames (or `host:port`) accepted in the `Host` header. Defaults to loopback names,
     /// which is what protects a local server from DNS rebinding; a server on another interface
-    /// must list the names clients use.
+    /// must list the names clients use. `["*"]` accepts any Host; an empty list is refused.
     pub allowed_hosts: Vec<String>,
     /// Browser origins accepted in the `Origin` header (`scheme://host[:port]`). Requests with an
     /// `Origin` outside the list are refused; requests without one pass.
@@ -399,6 +399,12 @@ impl Config {
                 "expected at least 1024 bytes".into(),
             );
         }
+        if self.server.allowed_hosts.is_empty() {
+            bad(
+                "server.allowed_hosts",
+                "expected at least one host name; [\"*\"] accepts any Host, which turns DNS-rebinding protection off".into(),
+            );
+        }
         if self
             .server
             .allowed_hosts
@@ -659,6 +665,16 @@ mod tests {
             .to_string();
         assert!(err.contains("guard.max_facts"), "{err}");
         assert!(err.contains("guard.max_iterations"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_host_list_is_refused_and_star_is_explicit() {
+        let err = parse("[server]\nallowed_hosts = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.allowed_hosts"), "{err}");
+        assert!(err.contains("DNS-rebinding"), "{err}");
+        assert!(parse("[server]\nallowed_hosts = [\"*\"]\n").is_ok());
     }
 
     #[test]

@@ -175,6 +175,11 @@ pub struct GuardStats {
     pub datalog_runs: AtomicU64,
 }
 
+/// Most Datalog runs one `tools/list` may spend (see [`Guard::visible_tools`]).
+const LIST_RUN_BUDGET: usize = 512;
+/// Most time one `tools/list` may spend on authorization.
+const LIST_TIME_BUDGET: Duration = Duration::from_millis(250);
+
 impl Guard {
     /// A guard over the invocation policy.
     pub fn new(ledger: Arc<TaskLedger>, policy: Policy, settings: GuardSettings) -> Self {
@@ -341,10 +346,21 @@ impl Guard {
             return Vec::new();
         };
         let candidates = token.string_literals();
-        registry
+        // A token may spell thousands of strings (a set literal in a sub-agent's check), and
+        // each candidate costs a Datalog run: the listing has a budget of runs and of time.
+        // Past it, the remaining tools stay hidden (closed) and the operator is told once.
+        let deadline = Instant::now() + LIST_TIME_BUDGET;
+        let mut runs = 0usize;
+        let mut exhausted = false;
+        let visible = registry
             .specs()
             .filter(|spec| {
                 candidates.iter().any(|c| {
+                    if runs >= LIST_RUN_BUDGET || Instant::now() > deadline {
+                        exhausted = true;
+                        return false;
+                    }
+                    runs += 1;
                     self.run_datalog(
                         token,
                         &spec.name,
@@ -358,7 +374,16 @@ impl Guard {
                     .is_ok()
                 })
             })
-            .collect()
+            .collect();
+        if exhausted {
+            tracing::warn!(
+                task = %task.id,
+                candidates = candidates.len(),
+                runs,
+                "tools/list stopped at its budget ({LIST_RUN_BUDGET} Datalog runs, {LIST_TIME_BUDGET:?}); tools not yet shown stay hidden"
+            );
+        }
+        visible
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -133,7 +133,7 @@ impl HostBuilder {
             max_iterations: config.guard.max_iterations,
             max_time: config.guard.max_time,
         };
-        let tenant_prefixes = Arc::new(tenant_prefixes(&config));
+        let tenant_prefixes = Arc::new(tenant_prefixes(&config, &registry));
         let verifier = Arc::new(Verifier::with_limits(
             root_public,
             config.guard.token_cache_entries,
@@ -190,9 +190,12 @@ impl HostBuilder {
     }
 }
 
-/// Tenant prefixes in canonical form: URLs as written, absolute paths canonicalized when they
-/// exist, relative paths resolved against the fs tools' root.
-fn tenant_prefixes(config: &Config) -> Vec<(String, String)> {
+/// Tenant prefixes in canonical form: URLs as written *and* as each network tool canonicalizes
+/// them (so `https://API.example.com:443/x` claims what the tools' resources spell
+/// `https://api.example.com/x`), absolute paths canonicalized when they exist, relative paths
+/// resolved against the fs tools' root. An extra spelling can only widen what other tenants are
+/// refused, never what this one may reach.
+fn tenant_prefixes(config: &Config, registry: &Registry) -> Vec<(String, String)> {
     let root = std::fs::canonicalize(&config.tools.fs.root)
         .unwrap_or_else(|_| config.tools.fs.root.clone());
     let mut out = Vec::new();
@@ -214,6 +217,20 @@ fn tenant_prefixes(config: &Config) -> Vec<(String, String)> {
                 }
                 s
             };
+            if raw.contains("://") {
+                for spec in registry
+                    .specs()
+                    .filter(|s| s.operation == crate::tool::Operation::Network)
+                {
+                    if let Ok(c) = registry.canonical_prefix(&spec.name, raw)
+                        && !c.is_empty()
+                        && c != p
+                        && !out.contains(&(tenant.clone(), c.clone()))
+                    {
+                        out.push((tenant.clone(), c));
+                    }
+                }
+            }
             out.push((tenant.clone(), p));
         }
     }

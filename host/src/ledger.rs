@@ -7,7 +7,7 @@
 //! reports a revocation (looked for at most every `[guard] store_poll`). Every revocation
 //! bumps [`TaskLedger::epoch`], which invalidates every cached allow at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::capability::{TokenError, VerifiedToken};
 use crate::error::Error;
 use crate::store::{EndReason, Revocation, TaskRecord, TaskStore};
+
+/// Revocation ids remembered as "not a task's block" before the memory is emptied.
+const MAX_REMEMBERED_MISSES: usize = 16 * 1024;
 
 /// Told when a task ends, whoever ended it.
 pub trait TaskObserver: Send + Sync {
@@ -27,6 +30,7 @@ pub struct TaskLedger {
     store: Arc<dyn TaskStore>,
     revoked: RwLock<HashMap<String, Revocation>>,
     tasks: RwLock<HashMap<String, Arc<TaskRecord>>>,
+    not_tasks: RwLock<HashSet<String>>,
     epoch: AtomicU64,
     counter: AtomicU64,
     reloading: Mutex<()>,
@@ -43,6 +47,7 @@ impl TaskLedger {
             store,
             revoked: RwLock::new(HashMap::new()),
             tasks: RwLock::new(HashMap::new()),
+            not_tasks: RwLock::new(HashSet::new()),
             epoch: AtomicU64::new(0),
             counter: AtomicU64::new(counter),
             reloading: Mutex::new(()),
@@ -146,6 +151,21 @@ impl TaskLedger {
         Ok(self.task_of(token)?.filter(|t| t.is_active(now)))
     }
 
+    /// Whether `token` may see and end `task`: it must speak for the task's agent and tenant,
+    /// and either carry the task's own block (the task token, or one derived from it) or carry
+    /// no task block at all (the agent token itself). A token of one task never reaches a
+    /// sibling task of the same agent.
+    pub fn speaks_for(&self, token: &VerifiedToken, task: &TaskRecord) -> Result<bool, Error> {
+        let who = token.identity();
+        if who.agent != task.agent || who.tenant != task.tenant {
+            return Ok(false);
+        }
+        if token.revocation_ids().contains(&task.revocation_id) {
+            return Ok(true);
+        }
+        Ok(self.task_of(token)?.is_none())
+    }
+
     /// The task whose block this token carries (the first such block), live or not.
     pub fn task_of(&self, token: &VerifiedToken) -> Result<Option<Arc<TaskRecord>>, Error> {
         // The authority block is never a task block.
@@ -161,9 +181,19 @@ impl TaskLedger {
         if let Some(t) = self.tasks.read().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(Some(Arc::clone(t)));
         }
+        if self
+            .not_tasks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return Ok(None);
+        }
         // Unknown here: ask the store (the task may have been issued by another process).
-        // Misses are not cached, so a block that is not a task costs a lookup each time; such
-        // tokens are refused by the invocation policy anyway.
+        // A miss is remembered: a revocation id is a block's signature, unknowable before the
+        // block exists, and a task is stored before its token is handed out, so a block that
+        // was not a task when presented never becomes one. Without this, a token of many
+        // non-task blocks would cost a store lookup per block on every call.
         match self.store.task_by_revocation_id(id)? {
             Some(t) => {
                 let t = Arc::new(t);
@@ -173,7 +203,14 @@ impl TaskLedger {
                     .insert(id.to_owned(), Arc::clone(&t));
                 Ok(Some(t))
             }
-            None => Ok(None),
+            None => {
+                let mut misses = self.not_tasks.write().unwrap_or_else(|p| p.into_inner());
+                if misses.len() >= MAX_REMEMBERED_MISSES {
+                    misses.clear();
+                }
+                misses.insert(id.to_owned());
+                Ok(None)
+            }
         }
     }
 

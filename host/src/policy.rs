@@ -486,6 +486,19 @@ mod tests {
     }
 
     #[test]
+    fn dates_in_a_policy_bound_cached_decisions() {
+        let text = "deny if time($t), $t > 2030-01-01T00:00:00Z;\nallow if true;\n";
+        let p = Policy::parse(PolicyKind::Invocation, "p.datalog", text).unwrap();
+        let before = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            p.next_date(before),
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_893_456_000))
+        );
+        let after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+        assert_eq!(p.next_date(after), None);
+    }
+
+    #[test]
     fn a_parse_error_names_file_and_line() {
         let text = "// ok\ncheck if tool($t);\n\ncheck if tool($t, ;\nallow if true;\n";
         let err = Policy::parse(PolicyKind::Invocation, "p.datalog", text)

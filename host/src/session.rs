@@ -692,10 +692,19 @@ impl Session {
         let record = ledger
             .task(&task_id)
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-        // Only the agent a task was issued to may end it.
-        let Some(record) = record.filter(|r| {
-            r.agent == presented.identity().agent && r.tenant == presented.identity().tenant
-        }) else {
+        // Only the agent a task was issued to may end it, through its agent token or a token of
+        // that very task (never one of a sibling task).
+        let record = match record {
+            Some(r)
+                if ledger
+                    .speaks_for(&presented, &r)
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))? =>
+            {
+                Some(r)
+            }
+            _ => None,
+        };
+        let Some(record) = record else {
             return Ok(CallToolResult::error(vec![
                 rmcp::model::ContentBlock::text(format!(
                     "no task `{task_id}` belongs to this agent"

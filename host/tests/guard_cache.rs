@@ -171,6 +171,34 @@ async fn a_cached_allow_ends_at_a_time_bound_the_expiry_precheck_cannot_see() {
 }
 
 #[tokio::test]
+async fn a_cached_allow_ends_at_a_time_bound_held_in_a_fact() {
+    let f = fixture();
+    let (_id, task) = f.task();
+    // The date sits in a fact, not in the check: only reading facts for dates can see it.
+    let deadline = SystemTime::now() + Duration::from_secs(2);
+    let token = attenuate(
+        &task,
+        &format!(
+            "until({}); check if time($t), until($u), $t <= $u;",
+            rfc3339(deadline)
+        ),
+    );
+    f.call(&token, json!({})).await.unwrap();
+    let before = f.hits();
+    f.call(&token, json!({})).await.unwrap();
+    assert_eq!(
+        f.hits(),
+        before + 1,
+        "the second call was answered from the cache"
+    );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let runs = f.runs.load(Ordering::SeqCst);
+    let e = f.call(&token, json!({})).await;
+    assert!(e.is_err(), "denied once the fact's date has passed: {e:?}");
+    assert_eq!(f.runs.load(Ordering::SeqCst), runs, "the tool did not run");
+}
+
+#[tokio::test]
 async fn a_cached_allow_ends_at_revocation_and_arguments_are_part_of_the_key() {
     let f = fixture();
     let (id, task) = f.task();

@@ -54,6 +54,19 @@ pub fn canonical_url(raw: &str) -> Result<String, String> {
         return Err(format!("`{raw}`: credentials in URLs are not accepted"));
     }
     url.set_fragment(None);
+    // `example.com.` and `example.com` are one host to DNS; only one may reach a prefix check.
+    if let Some(host) = url
+        .host_str()
+        .filter(|h| h.ends_with('.'))
+        .map(str::to_owned)
+    {
+        let bare = host.trim_end_matches('.');
+        if bare.is_empty() {
+            return Err(format!("`{raw}` has no host"));
+        }
+        url.set_host(Some(bare))
+            .map_err(|e| format!("`{raw}`: bad host: {e}"))?;
+    }
     let mut path = String::new();
     let segments: Vec<String> = url
         .path_segments()
@@ -66,6 +79,12 @@ pub fn canonical_url(raw: &str) -> Result<String, String> {
         }
         if decoded == b"." || decoded == b".." {
             return Err(format!("`{raw}`: encoded dot segments are not accepted"));
+        }
+        // Some servers read `..;x` as `..` with a path parameter, and climb.
+        if decoded.starts_with(b".;") || decoded.starts_with(b"..;") {
+            return Err(format!(
+                "`{raw}`: dot segments with path parameters are not accepted"
+            ));
         }
         path.push('/');
         match std::str::from_utf8(&decoded) {
@@ -266,6 +285,7 @@ mod tests {
             c("https://example.com/a%20b?q=1"),
             "https://example.com/a%20b?q=1"
         );
+        assert_eq!(c("https://api.example.com./x"), "https://api.example.com/x");
     }
 
     #[test]
@@ -277,6 +297,9 @@ mod tests {
             "file:///etc/passwd",
             "ftp://example.com/",
             "https://user:pw@example.com/",
+            "https://example.com/docs/..;/admin",
+            "https://example.com/docs/.;x/admin",
+            "https://./x",
             "not a url",
             "",
         ] {

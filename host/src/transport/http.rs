@@ -62,6 +62,17 @@ pub async fn serve_http(
             ),
         });
     }
+    if opts.headerless_token.is_some()
+        && host.config().server.allowed_hosts.iter().any(|h| h == "*")
+    {
+        // Loopback alone does not stop a DNS-rebinding page from reaching the server; the Host
+        // check does, and a header-less token would hand such a page a credential.
+        return Err(Error::Config {
+            file: host.config().source.describe(),
+            key: "server.allowed_hosts".into(),
+            message: "[\"*\"] cannot be combined with the header-less development token; list the loopback names".into(),
+        });
+    }
     let config = host.config();
     let router = router(
         host,
@@ -92,10 +103,18 @@ pub async fn serve_http(
 
 fn router(host: &Host, headerless: Option<Arc<str>>, ct: CancellationToken) -> Router {
     let config = host.config();
+    // `["*"]` is the explicit way to accept any Host (behind a proxy that checks it); an empty
+    // list is refused at startup, so the check is never off by accident.
+    let any_host = config.server.allowed_hosts.iter().any(|h| h == "*");
+    let hosts = if any_host {
+        Vec::new()
+    } else {
+        config.server.allowed_hosts.clone()
+    };
     let state = AppState {
         host: host.clone(),
         headerless,
-        allowed_hosts: Arc::new(config.server.allowed_hosts.clone()),
+        allowed_hosts: Arc::new(hosts.clone()),
         allowed_origins: Arc::new(config.server.allowed_origins.clone()),
     };
     let factory_host = host.clone();
@@ -103,7 +122,7 @@ fn router(host: &Host, headerless: Option<Arc<str>>, ct: CancellationToken) -> R
         move || Ok(factory_host.session(Transport::Http, None)),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
-            .with_allowed_hosts(config.server.allowed_hosts.clone())
+            .with_allowed_hosts(hosts)
             .with_allowed_origins(config.server.allowed_origins.clone())
             .with_max_request_body_bytes(config.server.max_request_bytes)
             .with_cancellation_token(ct),
@@ -372,7 +391,7 @@ fn issuance_error(e: &IssuanceError) -> Response {
     }
 }
 
-/// The task, if the presenting token speaks for the agent it was issued to.
+/// The task, if the presenting token speaks for it (see [`crate::ledger::TaskLedger::speaks_for`]).
 fn owned_task(
     s: &AppState,
     token: &VerifiedToken,
@@ -385,11 +404,14 @@ fn owned_task(
             &format!("no task `{id}` for this agent"),
         )
     };
-    match s.host.ledger().task(id) {
-        Ok(Some(t)) if t.agent == token.identity().agent && t.tenant == token.identity().tenant => {
-            Ok(t)
-        }
-        Ok(_) => Err(Box::new(not_found())),
+    let ledger = s.host.ledger();
+    let found = ledger.task(id).and_then(|t| match t {
+        Some(t) => Ok(ledger.speaks_for(token, &t)?.then_some(t)),
+        None => Ok(None),
+    });
+    match found {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(Box::new(not_found())),
         Err(e) => Err(Box::new(json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
