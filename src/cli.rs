@@ -100,8 +100,9 @@ pub enum TokenCommand {
         ttl: String,
     },
     /// Mint an approval for a human approver (printed on stdout). A task request over HTTP
-    /// presents it in the `Capgate-Approval` header; it becomes the task's `approved_by`. An
-    /// agent cannot approve its own task: `approved_by` in a request body is refused.
+    /// presents it in the `Capgate-Approval` header, which spends it (one approval, one
+    /// request); it becomes the task's `approved_by`. An agent cannot approve its own task:
+    /// `approved_by` in a request body is refused.
     Approval {
         /// Who approves (becomes `approved_by`).
         #[arg(long = "by", value_name = "NAME")]
@@ -109,6 +110,9 @@ pub enum TokenCommand {
         /// Only this agent's task requests may present it.
         #[arg(long)]
         agent: Option<String>,
+        /// Only requests of this tenant's agents may present it.
+        #[arg(long)]
+        tenant: Option<String>,
         /// How long the approval stays valid.
         #[arg(long, default_value = "10m")]
         ttl: String,

@@ -98,16 +98,28 @@ pub(crate) fn token(
             );
             println!("{encoded}");
         }
-        TokenCommand::Approval { by, agent, ttl } => {
+        TokenCommand::Approval {
+            by,
+            agent,
+            tenant,
+            ttl,
+        } => {
             let key = RootKey::load(&config.root_key_file())?;
             let ttl = parse_duration(ttl).map_err(anyhow::Error::msg)?;
-            let token = capability::mint_approval(&key, by, agent.as_deref(), ttl)?;
+            let scope = capability::ApprovalScope {
+                agent: agent.clone(),
+                tenant: tenant.clone(),
+            };
+            let token = capability::mint_approval(&key, by, &scope, ttl)?;
             let encoded = token.to_base64().context("encoding the approval")?;
             eprintln!(
-                "capgate: minted an approval by `{by}` for {}; valid until {}; revocation id {}",
+                "capgate: minted an approval by `{by}` for one task request of {}{}; valid until {}; revocation id {}",
                 agent
                     .as_deref()
                     .map_or("any agent".to_owned(), |a| format!("agent `{a}`")),
+                tenant
+                    .as_deref()
+                    .map_or(String::new(), |t| format!(" of tenant `{t}`")),
                 rfc3339(SystemTime::now() + ttl),
                 token
                     .revocation_identifiers()

@@ -205,3 +205,37 @@ async fn revoking_an_agent_token_kills_its_tasks_even_in_a_running_server() {
     assert_eq!(resp.status(), 401);
     assert!(resp.text().await.unwrap().contains("compromised"));
 }
+
+/// The Host check is off only when asked for by name (`["*"]`), never by an empty list, and
+/// never together with the header-less development token.
+#[test]
+fn the_host_check_is_never_off_by_accident() {
+    let empty = Capgate::new();
+    let text = std::fs::read_to_string(&empty.config).unwrap();
+    std::fs::write(
+        &empty.config,
+        format!("{text}\n[server]\nallowed_hosts = []\n"),
+    )
+    .unwrap();
+    let out = empty.run(&["serve", "--http", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.allowed_hosts"), "{err}");
+
+    let any = Capgate::with_config("[server]\nallowed_hosts = [\"*\"]\n");
+    let token_file = any.base().join("dev-token");
+    std::fs::write(&token_file, any.mint("dev", "acme", &["fs_read"], &[])).unwrap();
+    let out = any.run(&[
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--dev-headerless-token",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.allowed_hosts") && err.contains("header-less"),
+        "{err}"
+    );
+}

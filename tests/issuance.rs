@@ -133,8 +133,8 @@ async fn issuance_over_http() {
 }
 
 /// Approval over HTTP is an operator-minted token, never the requester's word: a name in the
-/// body, a forged or foreign approval, one bound to another agent, a revoked one and an agent
-/// token posing as one are refused, and no task comes of them.
+/// body, a forged or foreign approval, one bound to another agent, a revoked one, a spent one
+/// and an agent token posing as one are refused, and no task comes of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn approval_cannot_be_asserted_by_the_agent() {
     let cg = Capgate::new();
@@ -190,11 +190,14 @@ async fn approval_cannot_be_asserted_by_the_agent() {
     let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
     assert_eq!(tasks.trim(), "", "no task was issued: {tasks}");
     // A valid approval for this agent: issued, with the approver recorded.
-    let resp = post(Some(cg.approval("lead", Some("writer"))), intent)
-        .await
-        .unwrap();
+    let approval = cg.approval("lead", Some("writer"));
+    let resp = post(Some(approval.clone()), intent.clone()).await.unwrap();
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
+    // One approval, one request: presented again, it is spent.
+    let again = post(Some(approval), intent).await.unwrap();
+    assert_eq!(again.status(), 403);
+    assert!(again.text().await.unwrap().contains("spent"));
     let shown: Value = serde_json::from_slice(
         &cg.run(&["task", "show", body["task_id"].as_str().unwrap(), "--json"])
             .stdout,
@@ -520,6 +523,36 @@ async fn in_band_approval_is_asked_through_elicitation() {
         1,
         "only the approved task exists: {tasks}"
     );
+}
+
+/// With `elicitation_approval = false` the human is not asked in-band: the client relaying the
+/// answer may be the agent itself. The request is refused as unapproved.
+#[tokio::test(flavor = "multi_thread")]
+async fn elicitation_approval_can_be_switched_off() {
+    let cg = Capgate::with_config("[policy]\nelicitation_approval = false\n");
+    let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
+    let yes = Human {
+        answer: Some((true, "Alice")),
+        asked: Arc::default(),
+    };
+    let client = yes
+        .clone()
+        .serve(cg.stdio_transport(Some(&agent), &[]))
+        .await
+        .unwrap();
+    let intent =
+        json!({"purpose": "Save", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
+    let r = client
+        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent)))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(
+        r.structured_content.unwrap()["capgate"]["reason"],
+        "approval-required"
+    );
+    assert!(yes.asked.lock().unwrap().is_empty(), "nobody was asked");
+    client.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -271,15 +271,16 @@ pub fn mint_agent_token(root: &RootKey, grant: &AgentGrant) -> Result<Biscuit, T
 }
 
 /// Mints an approval: a token, signed by the root key, saying that the human `by` approved
-/// side effects — for `agent`'s task requests only when given — until `ttl` from now. A task
-/// request over HTTP presents it in the `Capgate-Approval` header to satisfy `approved_by`;
-/// an agent cannot assert approval by itself. Its authority block holds `approver($by)`, an
-/// optional `approves_agent($agent)` and an expiry check; it carries no `agent` fact, so it
-/// can never be used as an agent token, nor an agent token as an approval.
+/// side effects of one task request — of the agent and tenant in `scope` when given — made
+/// within `ttl` from now. A task request over HTTP presents it in the `Capgate-Approval` header
+/// to satisfy `approved_by`, which spends it; an agent cannot assert approval by itself. Its
+/// authority block holds `approver($by)`, optional `approves_agent($a)` / `approves_tenant($t)`
+/// and an expiry check; it carries no `agent` fact, so it can never be used as an agent token,
+/// nor an agent token as an approval.
 pub fn mint_approval(
     root: &RootKey,
     by: &str,
-    agent: Option<&str>,
+    scope: &ApprovalScope,
     ttl: Duration,
 ) -> Result<Biscuit, TokenError> {
     if by.trim().is_empty() {
@@ -290,8 +291,13 @@ pub fn mint_approval(
     let mut b = Biscuit::builder()
         .fact(fact1("approver", by))
         .map_err(build_err)?;
-    if let Some(agent) = agent {
+    if let Some(agent) = &scope.agent {
         b = b.fact(fact1("approves_agent", agent)).map_err(build_err)?;
+    }
+    if let Some(tenant) = &scope.tenant {
+        b = b
+            .fact(fact1("approves_tenant", tenant))
+            .map_err(build_err)?;
     }
     let until = SystemTime::now()
         .checked_add(ttl)
@@ -299,6 +305,15 @@ pub fn mint_approval(
         .ok_or_else(|| build_err(format!("a ttl of {ttl:?} is past the year 9999")))?;
     b = b.check_expiration_date(until);
     b.build(root.keypair()).map_err(build_err)
+}
+
+/// Whose requests an approval may serve; `None` = any.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalScope {
+    /// Only this agent's requests.
+    pub agent: Option<String>,
+    /// Only requests of agents of this tenant.
+    pub tenant: Option<String>,
 }
 
 /// A verified approval.
@@ -548,7 +563,7 @@ impl VerifiedToken {
     /// The first date literal in the token after `now`: until then, nothing time-dependent in
     /// the token can change its answer. A cached decision must not outlive it.
     pub fn next_time_bound(&self, now: SystemTime) -> Option<SystemTime> {
-        self.time_bounds.iter().copied().find(|t| *t > now)
+        next_bound(&self.time_bounds, now)
     }
 
     /// Whether the token has expired at `now`.
@@ -658,6 +673,24 @@ fn collect_op_strings(ops: &[builder::Op], out: &mut BTreeSet<String>) {
             _ => {}
         }
     }
+}
+
+/// The first moment after `now` at which a decision taken at `now` may change because of one of
+/// `bounds` (sorted). Datalog sees `time` in whole seconds: a date within the current second
+/// still compares as the current second until the next one starts, so it bounds a decision
+/// then, not at the date itself (which may already be past).
+pub(crate) fn next_bound(bounds: &[SystemTime], now: SystemTime) -> Option<SystemTime> {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let floor = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    bounds.iter().copied().find(|b| *b >= floor).map(|b| {
+        if b == floor {
+            b + Duration::from_secs(1)
+        } else {
+            b
+        }
+    })
 }
 
 /// A Datalog date as a time. A date past what `SystemTime` holds (a token may carry any `u64`)
@@ -790,11 +823,12 @@ impl Verifier {
 
     /// Reads an approval token (see [`mint_approval`]): verified against the root key, every
     /// check of every block passing at `now` (so unexpired), exactly one approver, and bound to
-    /// `agent` when it is bound at all. Revocation is the caller's to check.
+    /// `agent` and `tenant` when it is bound at all. Revocation is the caller's to check.
     pub fn verify_approval(
         &self,
         token: &str,
         agent: &str,
+        tenant: &str,
         now: SystemTime,
     ) -> Result<Approval, TokenError> {
         let token = token.trim();
@@ -839,6 +873,13 @@ impl Verifier {
             return Err(TokenError::NotApproval(format!(
                 "it approves agent {} only, and `{agent}` asked",
                 agents.join(", ")
+            )));
+        }
+        let tenants = names(&mut authorizer, "data($t) <- approves_tenant($t)")?;
+        if !tenants.is_empty() && !tenants.iter().any(|t| t == tenant) {
+            return Err(TokenError::NotApproval(format!(
+                "it approves tenant {} only, and an agent of `{tenant}` asked",
+                tenants.join(", ")
             )));
         }
         Ok(Approval {
@@ -1151,30 +1192,50 @@ mod tests {
     }
 
     #[test]
+    fn a_date_in_the_current_second_bounds_until_the_next_second() {
+        let at = |s: u64, ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(s * 1000 + ms);
+        let bounds = [at(100, 0), at(200, 0)];
+        assert_eq!(next_bound(&bounds, at(99, 500)), Some(at(100, 0)));
+        // Datalog still sees `time` = 100 until 101: a `$t > 100` rule has not fired yet.
+        assert_eq!(next_bound(&bounds, at(100, 500)), Some(at(101, 0)));
+        assert_eq!(next_bound(&bounds, at(101, 0)), Some(at(200, 0)));
+        assert_eq!(next_bound(&bounds, at(200, 999)), Some(at(201, 0)));
+        assert_eq!(next_bound(&bounds, at(201, 0)), None);
+    }
+
+    #[test]
     fn approvals_name_their_approver_and_bind_to_an_agent() {
         let root = RootKey::generate();
         let v = Verifier::new(root.public(), 10);
         let now = SystemTime::now();
-        let any = mint_approval(&root, "lead", None, Duration::from_secs(60))
-            .unwrap()
-            .to_base64()
-            .unwrap();
-        assert_eq!(v.verify_approval(&any, "agent-7", now).unwrap().by, "lead");
-        let bound = mint_approval(&root, "lead", Some("agent-7"), Duration::from_secs(60))
-            .unwrap()
-            .to_base64()
-            .unwrap();
-        assert!(v.verify_approval(&bound, "agent-7", now).is_ok());
-        let e = v.verify_approval(&bound, "agent-8", now).unwrap_err();
-        assert_eq!(e.kind(), "approval_invalid");
-        // Expired, an agent token, and a block appended to add a second approver.
+        let minute = Duration::from_secs(60);
+        let mint = |key: &RootKey, scope: &ApprovalScope| {
+            mint_approval(key, "lead", scope, minute)
+                .unwrap()
+                .to_base64()
+                .unwrap()
+        };
+        let any = mint(&root, &ApprovalScope::default());
+        let by = v.verify_approval(&any, "agent-7", "acme", now).unwrap().by;
+        assert_eq!(by, "lead");
+        let scope = ApprovalScope {
+            agent: Some("agent-7".into()),
+            tenant: Some("acme".into()),
+        };
+        let bound = mint(&root, &scope);
+        assert!(v.verify_approval(&bound, "agent-7", "acme", now).is_ok());
+        for (agent, tenant) in [("agent-8", "acme"), ("agent-7", "globex")] {
+            let e = v.verify_approval(&bound, agent, tenant, now).unwrap_err();
+            assert_eq!(e.kind(), "approval_invalid", "{agent} of {tenant}");
+        }
+        // Expired, an agent token, and a block appended to widen the binding.
         let later = now + Duration::from_secs(120);
-        assert!(v.verify_approval(&any, "agent-7", later).is_err());
+        assert!(v.verify_approval(&any, "agent-7", "acme", later).is_err());
         let agent = mint_agent_token(&root, &grant())
             .unwrap()
             .to_base64()
             .unwrap();
-        assert!(v.verify_approval(&agent, "agent-7", now).is_err());
+        assert!(v.verify_approval(&agent, "agent-7", "acme", now).is_err());
         let widened = UnverifiedBiscuit::from_base64(&bound)
             .unwrap()
             .append(
@@ -1185,18 +1246,12 @@ mod tests {
             .unwrap()
             .to_base64()
             .unwrap();
-        assert!(v.verify_approval(&widened, "agent-8", now).is_err());
-        let other = RootKey::generate();
-        let foreign = mint_approval(&other, "lead", None, Duration::from_secs(60))
-            .unwrap()
-            .to_base64()
-            .unwrap();
-        assert_eq!(
-            v.verify_approval(&foreign, "agent-7", now)
-                .unwrap_err()
-                .kind(),
-            "token_bad_signature"
-        );
+        assert!(v.verify_approval(&widened, "agent-8", "acme", now).is_err());
+        let foreign = mint(&RootKey::generate(), &ApprovalScope::default());
+        let e = v
+            .verify_approval(&foreign, "agent-7", "acme", now)
+            .unwrap_err();
+        assert_eq!(e.kind(), "token_bad_signature");
     }
 
     #[test]

@@ -194,6 +194,11 @@ pub struct PolicyConfig {
     /// The task length when a request names none.
     #[serde(with = "humantime_serde_compat")]
     pub default_task_ttl: Duration,
+    /// Whether an in-band `task_begin` that needs approval may ask the human through MCP
+    /// elicitation. The answer is relayed by the MCP client application, so this trusts that
+    /// application's UI to come from a person; turn it off where the client may be the agent
+    /// itself, and approvals then come only as approval tokens over HTTP or from the CLI.
+    pub elicitation_approval: bool,
 }
 
 impl Default for PolicyConfig {
@@ -203,6 +208,7 @@ impl Default for PolicyConfig {
             invocation: None,
             max_task_ttl: Duration::from_secs(3600),
             default_task_ttl: Duration::from_secs(900),
+            elicitation_approval: true,
         }
     }
 }
@@ -699,6 +705,7 @@ mod tests {
         assert_eq!(c.server.allowed_origins, d.server.allowed_origins);
         assert_eq!(c.guard.max_time, d.guard.max_time);
         assert_eq!(c.policy.max_task_ttl, d.policy.max_task_ttl);
+        assert_eq!(c.policy.elicitation_approval, d.policy.elicitation_approval);
         assert_eq!(c.audit.max_bytes, d.audit.max_bytes);
     }
 

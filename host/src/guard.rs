@@ -352,8 +352,12 @@ impl Guard {
         let deadline = Instant::now() + LIST_TIME_BUDGET;
         let mut runs = 0usize;
         let mut exhausted = false;
+        // Only tools both the agent's rights and the task's grant name can pass the task
+        // block's check, so the budget is spent on them alone.
+        let rights = &token.identity().rights;
         let visible = registry
             .specs()
+            .filter(|spec| task.grant.tools.contains_key(&spec.name) && rights.contains(&spec.name))
             .filter(|spec| {
                 candidates.iter().any(|c| {
                     if runs >= LIST_RUN_BUDGET || Instant::now() > deadline {

@@ -90,6 +90,9 @@ impl HostBuilder {
     /// Loads the key, opens the store and audit log, parses the policies.
     pub fn build(self) -> Result<Host, Error> {
         let config = self.config;
+        // A config built in code gets the same checks as one read from a file (an empty
+        // `allowed_hosts`, for one, would otherwise switch the Host check off).
+        config.validate()?;
         let mut notes = Vec::new();
         let key_path = config.root_key_file();
         let create = self
@@ -268,18 +271,40 @@ impl Host {
         &self.inner.verifier
     }
 
-    /// Who approved, according to an approval token presented with `agent`'s task request:
-    /// verified against the root key, unexpired, bound to `agent` if bound at all, not revoked.
-    pub fn approval(&self, token: &str, agent: &str) -> Result<String, TokenError> {
-        let approval = self
-            .inner
-            .verifier
-            .verify_approval(token, agent, SystemTime::now())?;
+    /// Spends an approval token presented with `agent`'s task request and says who approved:
+    /// verified against the root key, unexpired, bound to `agent` (and its tenant) if bound at
+    /// all, not revoked, and not spent before. An approval is one human yes for one request: it
+    /// is spent here, before the request is evaluated, whatever the outcome — two requests
+    /// racing with one approval cannot both use it.
+    pub fn spend_approval(
+        &self,
+        token: &str,
+        agent: &str,
+        tenant: &str,
+    ) -> Result<String, TokenError> {
+        let approval =
+            self.inner
+                .verifier
+                .verify_approval(token, agent, tenant, SystemTime::now())?;
         let ledger = self.ledger();
-        ledger
-            .sync()
-            .map_err(|e| TokenError::NotApproval(format!("the revocation store failed: {e}")))?;
+        let store_failed =
+            |e: Error| TokenError::NotApproval(format!("the revocation store failed: {e}"));
+        ledger.sync().map_err(store_failed)?;
         ledger.check_revocation_ids(&approval.revocation_ids)?;
+        // The authority block's id: the one every copy of this approval shares, whatever was
+        // appended to it.
+        let first = approval
+            .revocation_ids
+            .first()
+            .ok_or_else(|| TokenError::NotApproval("it has no blocks".into()))?;
+        if !ledger
+            .revoke(first, &format!("approval by {} spent", approval.by))
+            .map_err(store_failed)?
+        {
+            return Err(TokenError::NotApproval(
+                "it was already spent on an earlier request; an approval serves one request".into(),
+            ));
+        }
         Ok(approval.by)
     }
 

@@ -233,6 +233,9 @@ impl TaskLedger {
     /// Ends a task: marks it ended and revokes its block (and so every token derived from it),
     /// then tells observers. Returns `None` when it had already ended.
     pub fn end_task(&self, id: &str, reason: EndReason) -> Result<Option<TaskRecord>, Error> {
+        // Held while the store and the in-memory set change together, so that a concurrent
+        // reload (which replaces the set with what it read) cannot drop this revocation.
+        let reloading = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let Some(task) = self.store.end_task(id, reason, SystemTime::now())? else {
             return Ok(None);
         };
@@ -252,6 +255,7 @@ impl TaskLedger {
             .unwrap_or_else(|p| p.into_inner())
             .insert(task.revocation_id.clone(), Arc::new(task.clone()));
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(reloading);
         let observers = self
             .observers
             .read()
@@ -264,8 +268,10 @@ impl TaskLedger {
     }
 
     /// Revokes a block that is not a task's (for instance an agent token's authority block).
-    pub fn revoke(&self, revocation_id: &str, reason: &str) -> Result<(), Error> {
-        self.store.revoke(revocation_id, reason)?;
+    /// Returns `false` when it already was revoked: used once, an approval is spent this way.
+    pub fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, Error> {
+        let _reloading = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = self.store.revoke(revocation_id, reason)?;
         self.revoked
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -278,7 +284,7 @@ impl TaskLedger {
                 },
             );
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        Ok(fresh)
     }
 
     /// Ends every task whose time has run out. Returns how many it ended.

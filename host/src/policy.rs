@@ -252,9 +252,9 @@ impl Policy {
         })
     }
 
-    /// The first date the policy mentions that is after `now`, if any.
+    /// When a decision taken at `now` may change because of a date the policy mentions.
     pub fn next_date(&self, now: SystemTime) -> Option<SystemTime> {
-        self.dates.iter().copied().find(|t| *t > now)
+        crate::capability::next_bound(&self.dates, now)
     }
 
     /// Where the policy came from.

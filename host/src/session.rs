@@ -597,6 +597,7 @@ impl Session {
             resource,
         }) = &outcome
             && refusal.reason == "approval-required"
+            && state.host.config.policy.elicitation_approval
             && intent.approved_by.is_none()
             && let Some(approver) =
                 ask_approval(&ctx.peer, &presented, &intent, tool, resource).await

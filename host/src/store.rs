@@ -197,8 +197,9 @@ pub trait TaskStore: Send + Sync {
         reason: EndReason,
         at: SystemTime,
     ) -> Result<Option<TaskRecord>, Error>;
-    /// Revokes a block by revocation id (e.g. an agent token's authority block).
-    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<(), Error>;
+    /// Revokes a block by revocation id (e.g. an agent token's authority block); `false` when
+    /// it already was (nothing changed).
+    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, Error>;
     /// Every revocation.
     fn revocations(&self) -> Result<Vec<Revocation>, Error>;
     /// Adds calls to tasks' usage.
@@ -488,16 +489,20 @@ impl TaskStore for SqliteStore {
         Ok(Some(task))
     }
 
-    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<(), Error> {
+    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, Error> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
-            params![revocation_id, reason, millis(SystemTime::now())],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.execute(BUMP_REVISION, []).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
+                params![revocation_id, reason, millis(SystemTime::now())],
+            )
+            .map_err(|e| self.err(e))?;
+        if inserted > 0 {
+            tx.execute(BUMP_REVISION, []).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(inserted > 0)
     }
 
     fn revocations(&self) -> Result<Vec<Revocation>, Error> {

@@ -212,11 +212,36 @@ impl FsRoot {
     }
 }
 
+/// Creates a fresh temporary file beside `name` in `dir`, exclusively.
+fn temp_file(dir: &Dir, name: &OsStr) -> std::io::Result<(String, File)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..16 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(
+            ".{}.capgate-{}-{n}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        );
+        match open_regular(
+            dir,
+            OsStr::new(&tmp),
+            OpenOptions::new().write(true).create_new(true),
+        ) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
 /// Opens `name` in `dir` without following a symbolic link and without blocking on a FIFO, and
 /// accepts only a regular file.
 fn open_regular(dir: &Dir, name: &OsStr, opts: &mut OpenOptions) -> std::io::Result<File> {
-    opts.follow(FollowSymlinks::No)
-        .custom_flags(libc::O_NONBLOCK);
+    opts.follow(FollowSymlinks::No);
+    #[cfg(unix)]
+    opts.custom_flags(libc::O_NONBLOCK);
     let file = dir.open_with(name, opts)?;
     let meta = file.metadata()?;
     if meta.is_dir() {
@@ -240,6 +265,7 @@ fn io_failed(what: &str, path: &str, e: std::io::Error) -> ToolError {
         std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
         // ELOOP / ENOTDIR: a symbolic link is on the way. `resolve` left none, so one appeared
         // after the check; following it could land anywhere.
+        #[cfg(unix)]
         _ if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
             "a symbolic link (or a file) is where a directory was checked; refused".to_owned()
         }
@@ -509,18 +535,12 @@ fn write(root: &FsRoot, resource: &Resource, args: &WriteArgs) -> Result<ToolOut
         // Write a sibling temporary file, then rename over the target: a failure halfway never
         // leaves a truncated file behind. The temporary is created exclusively, so nothing
         // planted under its name (a symbolic link, a FIFO) is ever opened.
-        let tmp = format!(
-            ".{}.capgate-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        );
-        let _ = dir.remove_file(&tmp); // a leftover of a crash, never followed
-        let written = open_regular(
-            &dir,
-            OsStr::new(&tmp),
-            OpenOptions::new().write(true).create_new(true),
-        )
-        .and_then(|mut f| f.write_all(args.content.as_bytes()));
+        // Unique per call (two writes to one file must not share a temporary) and never an
+        // existing name: whatever sits there, even a leftover, is not opened or removed.
+        let (tmp, mut file) =
+            temp_file(&dir, name).map_err(|e| io_failed("cannot write", &shown, e))?;
+        let written = file.write_all(args.content.as_bytes());
+        drop(file);
         if let Err(e) = written {
             let _ = dir.remove_file(&tmp);
             return Err(io_failed("cannot write", &shown, e));
@@ -597,14 +617,24 @@ fn search(
     let mut truncated = false;
     // Symbolic links are not followed, and every directory is opened from its parent's handle
     // without following one: a walk must not leave the tree it was granted.
-    let start = root
-        .open_dir_strict(&rel, false)
+    // The stack holds paths, not open handles: a tree with thousands of directories must not
+    // hold thousands of descriptors. Each is reopened strictly when its turn comes.
+    root.open_dir_strict(&rel, false)
         .map_err(|e| io_failed("cannot search", &shown, e))?;
-    let mut stack = vec![(start, rel)];
-    'walk: while let Some((dir, dir_rel)) = stack.pop() {
+    let mut stack = vec![rel];
+    let mut dirs = 0usize;
+    'walk: while let Some(dir_rel) = stack.pop() {
         if cancel.is_cancelled() {
             return Err(ToolError::failed("search cancelled"));
         }
+        dirs += 1;
+        if dirs > root.limits.max_search_files {
+            truncated = true;
+            break;
+        }
+        let Ok(dir) = root.open_dir_strict(&dir_rel, false) else {
+            continue;
+        };
         let Ok(entries) = dir.entries() else {
             continue;
         };
@@ -619,9 +649,7 @@ fn search(
                 dir_rel.join(&name)
             };
             if ft.is_dir() {
-                if let Ok(sub) = dir.open_dir_nofollow(&name) {
-                    stack.push((sub, child));
-                }
+                stack.push(child);
                 continue;
             }
             if !ft.is_file() {

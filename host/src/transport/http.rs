@@ -325,7 +325,10 @@ async fn create_task(
         let approval = raw
             .to_str()
             .map_err(|_| TokenError::NotApproval("the header is not ASCII".into()))
-            .and_then(|raw| s.host.approval(raw, &token.identity().agent));
+            .and_then(|raw| {
+                let who = token.identity();
+                s.host.spend_approval(raw, &who.agent, &who.tenant)
+            });
         match approval {
             Ok(by) => intent.approved_by = Some(by),
             Err(e) => {
