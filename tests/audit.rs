@@ -100,13 +100,30 @@ async fn after_sigkill_every_complete_audit_line_parses() {
 /// did not run (the file it would have written does not exist).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_audit_log_refuses_calls_before_they_run() {
-    let cg = Capgate::with_config("[audit]\npath = \"/dev/full\"\n");
+    let cg = Capgate::new();
     let agent = cg.mint("agent-full", "acme", &["fs_read", "fs_write"], &[]);
     let (_, token) = cg.task(
         &agent,
         &["fs_read", "fs_write"],
         &["fs_read=acme/", "fs_write=acme/"],
     );
+    // From here on the audit log cannot be written.
+    let config = std::fs::read_to_string(&cg.config).unwrap();
+    std::fs::write(
+        &cg.config,
+        format!("{config}\n[audit]\npath = \"/dev/full\"\n"),
+    )
+    .unwrap();
+    // An issuance that cannot be recorded does not stand: no token is handed out, and the task
+    // that was stored is ended at once.
+    let refused = cg
+        .begin_cli(&agent, "unrecorded", &["fs_read"], &["fs_read=acme/"], &[])
+        .unwrap_err();
+    assert!(refused.contains("audit log"), "{refused}");
+    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    let unrecorded: Vec<&str> = tasks.lines().filter(|l| l.contains("unrecorded")).collect();
+    assert_eq!(unrecorded.len(), 1, "{tasks}");
+    assert!(unrecorded[0].contains("revoked"), "{tasks}");
     let server = cg.serve_http();
     let client = server.client(&token).await;
 

@@ -276,7 +276,7 @@ pub struct AuditConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`audit.log.1` … `audit.log.N`).
     pub keep: usize,
-    /// Deny calls when the audit log cannot be written.
+    /// Refuse calls and task issuance when the audit log cannot be written.
     pub fail_closed: bool,
 }
 

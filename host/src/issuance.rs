@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::ledger::TaskLedger;
 use crate::policy::{Policy, Refusal};
 use crate::registry::Registry;
-use crate::store::TaskRecord;
+use crate::store::{EndReason, TaskRecord};
 
 /// What an agent declares when it asks for a task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,8 +136,15 @@ pub struct IssuedTask {
 
 /// Told about every issuance decision (telemetry and the audit log listen here).
 pub trait IssuanceObserver: Send + Sync {
-    /// A task was issued.
-    fn issued(&self, token: &VerifiedToken, task: &TaskRecord, channel: Channel);
+    /// A task was issued, and its token is about to be handed out. An `Err` says the issuance
+    /// could not be recorded and must not stand (the audit log's `fail_closed`): the task is
+    /// then ended and its token never leaves capgate.
+    fn issued(
+        &self,
+        token: &VerifiedToken,
+        task: &TaskRecord,
+        channel: Channel,
+    ) -> Result<(), String>;
     /// A task request was refused.
     fn refused(
         &self,
@@ -211,10 +218,21 @@ impl Issuer {
     ) -> Result<IssuedTask, IssuanceError> {
         let result = self.decide_and_mint(token, &intent, channel);
         match &result {
-            Ok(task) => self
-                .observers
-                .iter()
-                .for_each(|o| o.issued(token, &task.record, channel)),
+            Ok(task) => {
+                let unrecorded = self
+                    .observers
+                    .iter()
+                    .filter_map(|o| o.issued(token, &task.record, channel).err())
+                    .next();
+                if let Some(why) = unrecorded {
+                    // Revoked before anyone has seen the token: an issuance nobody can account
+                    // for does not stand.
+                    let _ = self.ledger.end_task(&task.record.id, EndReason::Revoked);
+                    return Err(IssuanceError::Internal(format!(
+                        "{why}; no task was issued ([audit] fail_closed)"
+                    )));
+                }
+            }
             Err(e) => self
                 .observers
                 .iter()

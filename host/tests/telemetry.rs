@@ -151,6 +151,27 @@ struct Fixture {
     writes: Arc<AtomicUsize>,
 }
 
+fn build_host(
+    dir: &std::path::Path,
+    extra: &str,
+    (read, reads): (&str, &Arc<AtomicUsize>),
+    (write, writes): (&str, &Arc<AtomicUsize>),
+) -> Host {
+    let text = format!(
+        "state_dir = \"state\"\n[tools.fs]\nenabled = false\n[tools.http_fetch]\nenabled = false\n{extra}\n"
+    );
+    let config = Config::parse(&text, &dir.join("capgate.toml")).unwrap();
+    HostBuilder::new(config)
+        .providers(otel().providers.clone())
+        .create_key_if_missing(true)
+        .tool(counting_tool(read, Operation::Read, reads))
+        .unwrap()
+        .tool(counting_tool(write, Operation::Write, writes))
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 fn counting_tool(name: &str, operation: Operation, runs: &Arc<AtomicUsize>) -> DynamicTool {
     let Value::Object(schema) = json!({
         "type": "object",
@@ -182,21 +203,9 @@ impl Fixture {
     /// `extra` is TOML appended to the config; `read` and `write` name the two tools.
     fn with(extra: &str, read: &str, write: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "state_dir = \"state\"\n[tools.fs]\nenabled = false\n[tools.http_fetch]\nenabled = false\n{extra}\n"
-        );
-        let config = Config::parse(&text, &dir.path().join("capgate.toml")).unwrap();
         let reads = Arc::new(AtomicUsize::new(0));
         let writes = Arc::new(AtomicUsize::new(0));
-        let host = HostBuilder::new(config)
-            .providers(otel().providers.clone())
-            .create_key_if_missing(true)
-            .tool(counting_tool(read, Operation::Read, &reads))
-            .unwrap()
-            .tool(counting_tool(write, Operation::Write, &writes))
-            .unwrap()
-            .build()
-            .unwrap();
+        let host = build_host(dir.path(), extra, (read, &reads), (write, &writes));
         let root = RootKey::load(&host.config().root_key_file()).unwrap();
         Fixture {
             _dir: dir,
@@ -207,6 +216,17 @@ impl Fixture {
             reads,
             writes,
         }
+    }
+
+    /// A second host over the same state (tasks, keys) with other settings, as after a restart
+    /// with a changed config; its tools count into the same counters.
+    fn reopen(&self, extra: &str) -> Host {
+        build_host(
+            self._dir.path(),
+            extra,
+            (&self.read, &self.reads),
+            (&self.write, &self.writes),
+        )
     }
 
     /// An agent token with both tools, no resource limit of its own.
@@ -717,14 +737,27 @@ async fn a_refused_issuance_is_an_error_span_naming_the_rule() {
     assert!(is_error(s));
 }
 
-/// A decision that cannot be audited is refused (fail closed, the default): the tool does not
-/// run, the span is a denial naming `audit_unavailable`, with no execution child.
+/// A decision that cannot be audited is refused (fail closed, the default): no task is issued,
+/// the tool does not run, the span is a denial naming `audit_unavailable`, with no execution
+/// child.
 #[tokio::test]
 async fn an_unwritable_audit_log_denies_calls() {
-    let fx = Fixture::with("[audit]\npath = \"/dev/full\"\n", "fs_read", "fs_write");
+    let fx = Fixture::with("", "fs_read", "fs_write");
     let task = fx.begin("agent-audit-full", "audit is full");
-    let err = fx
-        .host
+    // The same state, now with an audit log that cannot be written.
+    let host = fx.reopen("[audit]\npath = \"/dev/full\"\n");
+    let verified = host
+        .verifier()
+        .verify(&fx.agent("agent-audit-full"))
+        .unwrap();
+    let Err(refused) = host
+        .issuer()
+        .issue(&verified, fx.intent("unrecorded"), Channel::Http)
+    else {
+        panic!("an unrecorded issuance does not stand");
+    };
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+    let err = host
         .call(
             &task.token,
             "fs_write",

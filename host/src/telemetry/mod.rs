@@ -569,7 +569,12 @@ impl TaskObserver for Telemetry {
 }
 
 impl IssuanceObserver for Telemetry {
-    fn issued(&self, token: &VerifiedToken, task: &TaskRecord, channel: Channel) {
+    fn issued(
+        &self,
+        token: &VerifiedToken,
+        task: &TaskRecord,
+        channel: Channel,
+    ) -> Result<(), String> {
         let (trace_id, span_id) =
             self.issuance_span(Some(token), &task.intent, Some(task), None, channel);
         let mut rec = AuditRecord::now("issuance", &task.intent.tools.join(","), "allow");
@@ -580,8 +585,13 @@ impl IssuanceObserver for Telemetry {
         rec.trace_id = trace_id;
         rec.span_id = span_id;
         rec.transport = Some(channel.as_str().into());
-        if let Err(e) = self.audit.append(&rec) {
-            tracing::error!(target: "capgate", error = %e, "audit record lost");
+        match self.audit.append(&rec) {
+            Ok(()) => Ok(()),
+            Err(e) if self.fail_closed => Err(format!("the audit log cannot be written ({e})")),
+            Err(e) => {
+                tracing::error!(target: "capgate", error = %e, "audit record lost");
+                Ok(())
+            }
         }
     }
 
