@@ -108,12 +108,7 @@ async fn an_unwritable_audit_log_refuses_calls_before_they_run() {
         &["fs_read=acme/", "fs_write=acme/"],
     );
     // From here on the audit log cannot be written.
-    let config = std::fs::read_to_string(&cg.config).unwrap();
-    std::fs::write(
-        &cg.config,
-        format!("{config}\n[audit]\npath = \"/dev/full\"\n"),
-    )
-    .unwrap();
+    cg.append_config("[audit]\npath = \"/dev/full\"\n");
     // An issuance that cannot be recorded does not stand: no token is handed out, and the task
     // that was stored is ended at once.
     let refused = cg

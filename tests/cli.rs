@@ -62,12 +62,7 @@ fn policy_check_reports_parse_errors_with_file_and_line_and_serve_refuses_them()
         "// a comment\ncheck if tool($t);\ncheck if resource($r, ;\nallow if true;\n",
     )
     .unwrap();
-    let text = std::fs::read_to_string(&cg.config).unwrap();
-    std::fs::write(
-        &cg.config,
-        format!("{text}\n[policy]\ninvocation = \"broken.datalog\"\n"),
-    )
-    .unwrap();
+    cg.append_config("[policy]\ninvocation = \"broken.datalog\"\n");
     for args in [
         &["policy", "check"][..],
         &["serve", "--http", "127.0.0.1:0"][..],
@@ -87,12 +82,7 @@ fn predicates_outside_the_vocabulary_are_warned_about() {
     let cg = Capgate::new();
     let odd = cg.base().join("odd.datalog");
     std::fs::write(&odd, "check if tool($t), rigth($t);\nallow if true;\n").unwrap();
-    let text = std::fs::read_to_string(&cg.config).unwrap();
-    std::fs::write(
-        &cg.config,
-        format!("{text}\n[policy]\ninvocation = \"odd.datalog\"\n"),
-    )
-    .unwrap();
+    cg.append_config("[policy]\ninvocation = \"odd.datalog\"\n");
     let out = cg.run(&["policy", "check"]);
     assert!(out.status.success(), "a warning is not an error");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -211,12 +201,7 @@ async fn revoking_an_agent_token_kills_its_tasks_even_in_a_running_server() {
 #[test]
 fn the_host_check_is_never_off_by_accident() {
     let empty = Capgate::new();
-    let text = std::fs::read_to_string(&empty.config).unwrap();
-    std::fs::write(
-        &empty.config,
-        format!("{text}\n[server]\nallowed_hosts = []\n"),
-    )
-    .unwrap();
+    empty.append_config("[server]\nallowed_hosts = []\n");
     let out = empty.run(&["serve", "--http", "127.0.0.1:0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -366,8 +366,7 @@ async fn dns_rebinding_is_refused() {
 #[test]
 fn config_typos_are_refused_with_file_and_key() {
     let cg = Capgate::new();
-    let text = std::fs::read_to_string(&cg.config).unwrap();
-    std::fs::write(&cg.config, format!("{text}\n[guard]\nmax_fact = 10\n")).unwrap();
+    cg.append_config("[guard]\nmax_fact = 10\n");
     let out = cg.run(&["serve", "--http", "127.0.0.1:0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -11,7 +11,7 @@ use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
     ElicitationAction, Implementation, RequestMetaObject,
 };
-use rmcp::service::{RequestContext, RoleClient, ServiceExt};
+use rmcp::service::{RequestContext, RoleClient, RunningService, ServiceExt};
 use rmcp::{ClientHandler, ErrorData};
 use serde_json::{Value, json};
 
@@ -292,6 +292,23 @@ struct Human {
     asked: Arc<Mutex<Vec<String>>>,
 }
 
+impl Human {
+    fn answering(answer: Option<(bool, &'static str)>) -> Self {
+        Human {
+            answer,
+            asked: Arc::default(),
+        }
+    }
+
+    /// Connects as this human's client to a stdio session presenting `agent`.
+    async fn connect(&self, cg: &Capgate, agent: &str) -> RunningService<RoleClient, Human> {
+        self.clone()
+            .serve(cg.stdio_transport(Some(agent), &[]))
+            .await
+            .unwrap()
+    }
+}
+
 impl ClientHandler for Human {
     async fn create_elicitation(
         &self,
@@ -431,15 +448,8 @@ async fn in_band_approval_is_asked_through_elicitation() {
                         "on_behalf_of": "carol"});
 
     // A human who says yes: the task is issued with them as approver.
-    let yes = Human {
-        answer: Some((true, "Alice")),
-        asked: Arc::default(),
-    };
-    let client = yes
-        .clone()
-        .serve(cg.stdio_transport(Some(&agent), &[]))
-        .await
-        .unwrap();
+    let yes = Human::answering(Some((true, "Alice")));
+    let client = yes.connect(&cg, &agent).await;
     let r = client
         .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())))
         .await
@@ -471,20 +481,10 @@ async fn in_band_approval_is_asked_through_elicitation() {
     client.cancel().await.unwrap();
 
     // A human who says no, one who declines the form, and a client without elicitation: refused.
-    let no = Human {
-        answer: Some((false, "Mallory")),
-        asked: Arc::default(),
-    };
-    let declines = Human {
-        answer: None,
-        asked: Arc::default(),
-    };
+    let no = Human::answering(Some((false, "Mallory")));
+    let declines = Human::answering(None);
     for human in [no, declines] {
-        let client = human
-            .clone()
-            .serve(cg.stdio_transport(Some(&agent), &[]))
-            .await
-            .unwrap();
+        let client = human.connect(&cg, &agent).await;
         let r = client
             .call_tool(
                 CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())),
@@ -531,15 +531,8 @@ async fn in_band_approval_is_asked_through_elicitation() {
 async fn elicitation_approval_can_be_switched_off() {
     let cg = Capgate::with_config("[policy]\nelicitation_approval = false\n");
     let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
-    let yes = Human {
-        answer: Some((true, "Alice")),
-        asked: Arc::default(),
-    };
-    let client = yes
-        .clone()
-        .serve(cg.stdio_transport(Some(&agent), &[]))
-        .await
-        .unwrap();
+    let yes = Human::answering(Some((true, "Alice")));
+    let client = yes.connect(&cg, &agent).await;
     let intent =
         json!({"purpose": "Save", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
     let r = client

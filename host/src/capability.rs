@@ -813,12 +813,15 @@ impl Verifier {
 
     /// Verifies without consulting or filling the cache.
     pub fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
-        let unverified = UnverifiedBiscuit::from_base64(token)
-            .map_err(|e| TokenError::Malformed(describe_token_error(&e)))?;
-        let biscuit = unverified
+        VerifiedToken::from_biscuit(self.signed(token)?, &self.limits)
+    }
+
+    /// Parses a base64 token and checks every block's signature against the root key.
+    fn signed(&self, token: &str) -> Result<Biscuit, TokenError> {
+        UnverifiedBiscuit::from_base64(token)
+            .map_err(|e| TokenError::Malformed(describe_token_error(&e)))?
             .verify(self.root)
-            .map_err(|e| TokenError::BadSignature(e.to_string()))?;
-        VerifiedToken::from_biscuit(biscuit, &self.limits)
+            .map_err(|e| TokenError::BadSignature(e.to_string()))
     }
 
     /// Reads an approval token (see [`mint_approval`]): verified against the root key, every
@@ -838,10 +841,7 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge(token.len()));
         }
-        let biscuit = UnverifiedBiscuit::from_base64(token)
-            .map_err(|e| TokenError::Malformed(describe_token_error(&e)))?
-            .verify(self.root)
-            .map_err(|e| TokenError::BadSignature(e.to_string()))?;
+        let biscuit = self.signed(token)?;
         let mut authorizer = AuthorizerBuilder::new()
             .set_limits(self.limits.clone())
             .fact(builder::fact("time", &[builder::date(&now)]))
@@ -1147,19 +1147,21 @@ mod tests {
         assert_eq!(task.identity().agent, "agent-7");
     }
 
+    /// `token` with `block` appended offline, as a sub-agent would, in base64.
+    fn appended(token: &Biscuit, block: BlockBuilder) -> String {
+        token.append(block).unwrap().to_base64().unwrap()
+    }
+
     #[test]
     fn a_sub_agent_block_cannot_change_the_identity() {
         let root = RootKey::generate();
         let token = mint_agent_token(&root, &grant()).unwrap();
-        let widened = token
-            .append(
-                BlockBuilder::new()
-                    .code("tenant(\"other\"); right(\"fs_write\"); agent(\"root\");")
-                    .unwrap(),
-            )
-            .unwrap()
-            .to_base64()
-            .unwrap();
+        let widened = appended(
+            &token,
+            BlockBuilder::new()
+                .code("tenant(\"other\"); right(\"fs_write\"); agent(\"root\");")
+                .unwrap(),
+        );
         let v = Verifier::new(root.public(), 10).verify(&widened).unwrap();
         assert_eq!(v.identity().tenant, "acme");
         assert_eq!(v.identity().agent, "agent-7");
@@ -1172,20 +1174,17 @@ mod tests {
     fn dates_past_what_a_clock_holds_do_not_panic() {
         let root = RootKey::generate();
         let token = mint_agent_token(&root, &grant()).unwrap();
-        let far = token
-            .append(
-                BlockBuilder::new()
-                    .fact(builder::fact("until", &[Term::Date(u64::MAX)]))
-                    .unwrap()
-                    .check(builder::check(
-                        &[builder::pred("time", &[builder::var("t")])],
-                        builder::CheckKind::One,
-                    ))
-                    .unwrap(),
-            )
-            .unwrap()
-            .to_base64()
-            .unwrap();
+        let far = appended(
+            &token,
+            BlockBuilder::new()
+                .fact(builder::fact("until", &[Term::Date(u64::MAX)]))
+                .unwrap()
+                .check(builder::check(
+                    &[builder::pred("time", &[builder::var("t")])],
+                    builder::CheckKind::One,
+                ))
+                .unwrap(),
+        );
         let v = Verifier::new(root.public(), 10).verify(&far).unwrap();
         assert!(v.next_time_bound(SystemTime::now()).is_some());
         assert_eq!(rfc3339(date_time(u64::MAX)), "9999-12-31T23:59:59Z");

@@ -683,6 +683,21 @@ mod tests {
         assert!(parse("[server]\nallowed_hosts = [\"*\"]\n").is_ok());
     }
 
+    /// A config built in code, never parsed, is validated all the same when a host is built.
+    #[test]
+    fn a_host_built_from_code_validates_its_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = parse(&format!("state_dir = {:?}\n", dir.path().join("st"))).unwrap();
+        c.server.allowed_hosts.clear();
+        let err = crate::HostBuilder::new(c)
+            .create_key_if_missing(true)
+            .build()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("server.allowed_hosts"), "{err}");
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_file() {
         let c = parse("state_dir = \"st\"\n[tools.fs]\nroot = \"ws\"\n").unwrap();

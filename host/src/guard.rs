@@ -171,7 +171,7 @@ struct CacheEntry {
 pub struct GuardStats {
     /// Decisions answered from the cache.
     pub cache_hits: AtomicU64,
-    /// Decisions that ran Datalog.
+    /// Datalog runs: decisions not answered from the cache, and the runs `tools/list` spends.
     pub datalog_runs: AtomicU64,
 }
 
@@ -379,6 +379,9 @@ impl Guard {
                 })
             })
             .collect();
+        self.stats
+            .datalog_runs
+            .fetch_add(runs as u64, Ordering::Relaxed);
         if exhausted {
             tracing::warn!(
                 task = %task.id,

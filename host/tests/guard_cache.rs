@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use biscuit_auth::{BlockBuilder, UnverifiedBiscuit};
 use capgate_host::capability::{AgentGrant, RootKey, mint_agent_token, rfc3339};
+use capgate_host::guard::{CallEnv, Transport};
 use capgate_host::issuance::{Channel, Intent};
 use capgate_host::store::{EndReason, SqliteStore, TaskStore};
 use capgate_host::{
@@ -110,6 +111,36 @@ impl Fixture {
         self.host.call(token, "note", map).await
     }
 
+    /// Calls `token` twice (the second answered from the decision cache), waits until the
+    /// second after `deadline` has begun, and calls again: the call must be refused without
+    /// the tool running. Returns the refusal's reason.
+    async fn cached_then_refused(&self, token: &str, deadline: SystemTime) -> String {
+        self.call(token, json!({})).await.unwrap();
+        let before = self.hits();
+        self.call(token, json!({})).await.unwrap();
+        assert_eq!(
+            self.hits(),
+            before + 1,
+            "the second identical call was answered from the cache"
+        );
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1200);
+        tokio::time::sleep(wait).await;
+        let runs = self.runs.load(Ordering::SeqCst);
+        let refused = self.call(token, json!({})).await;
+        assert_eq!(
+            self.runs.load(Ordering::SeqCst),
+            runs,
+            "the tool did not run"
+        );
+        match refused {
+            Ok(_) => panic!("the call was allowed after the date had passed"),
+            Err(e) => reason(e),
+        }
+    }
+
     fn hits(&self) -> u64 {
         self.host.guard().stats().cache_hits.load(Ordering::Relaxed)
     }
@@ -155,19 +186,8 @@ async fn a_cached_allow_ends_at_a_time_bound_the_expiry_precheck_cannot_see() {
             .is_some(),
         "the task block's own expiry is known"
     );
-    f.call(&token, json!({})).await.unwrap();
-    let before = f.hits();
-    f.call(&token, json!({})).await.unwrap();
-    assert_eq!(
-        f.hits(),
-        before + 1,
-        "the second identical call was answered from the cache"
-    );
-    tokio::time::sleep(Duration::from_millis(4200)).await;
-    let runs = f.runs.load(Ordering::SeqCst);
-    let e = f.call(&token, json!({})).await.unwrap_err();
-    assert_eq!(reason(e), "expired");
-    assert_eq!(f.runs.load(Ordering::SeqCst), runs, "the tool did not run");
+    let reason = f.cached_then_refused(&token, deadline).await;
+    assert_eq!(reason, "expired");
 }
 
 #[tokio::test]
@@ -183,19 +203,7 @@ async fn a_cached_allow_ends_at_a_time_bound_held_in_a_fact() {
             rfc3339(deadline)
         ),
     );
-    f.call(&token, json!({})).await.unwrap();
-    let before = f.hits();
-    f.call(&token, json!({})).await.unwrap();
-    assert_eq!(
-        f.hits(),
-        before + 1,
-        "the second call was answered from the cache"
-    );
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-    let runs = f.runs.load(Ordering::SeqCst);
-    let e = f.call(&token, json!({})).await;
-    assert!(e.is_err(), "denied once the fact's date has passed: {e:?}");
-    assert_eq!(f.runs.load(Ordering::SeqCst), runs, "the tool did not run");
+    f.cached_then_refused(&token, deadline).await;
 }
 
 #[tokio::test]
@@ -289,4 +297,41 @@ async fn the_agent_token_alone_reaches_nothing() {
     let e = f.call(&agent, json!({})).await.unwrap_err();
     assert_eq!(reason(e), "task-required");
     assert_eq!(f.runs.load(Ordering::SeqCst), 0);
+}
+
+/// `tools/list` tries each string a token names as a resource, one Datalog run each: a token
+/// spelling thousands of strings (none of them a resource it reaches) stops at the listing's
+/// budget, and lists nothing it cannot prove (closed).
+#[tokio::test]
+async fn tools_list_stops_at_its_budget() {
+    let f = fixture();
+    let (_id, task) = f.task();
+    let env = CallEnv {
+        transport: Transport::InProcess,
+        session: Arc::from("list-test"),
+    };
+    let list = |token: &str| -> Vec<String> {
+        let verified = f.host.verifier().verify(token).unwrap();
+        f.host
+            .guard()
+            .visible_tools(&verified, f.host.registry(), &env)
+            .into_iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    assert_eq!(list(&task), ["note"]);
+    let strings: Vec<String> = (0..2000).map(|i| format!("\"n{i}\"")).collect();
+    let flood = attenuate(
+        &task,
+        &format!(
+            "check if resource($r), $r.starts_with(\"/x/\"), $r.ends_with(\"!\");\n\
+             check if [{}].length() > 0;",
+            strings.join(", ")
+        ),
+    );
+    let runs = || f.host.guard().stats().datalog_runs.load(Ordering::Relaxed);
+    let before = runs();
+    assert!(list(&flood).is_empty());
+    let spent = runs() - before;
+    assert!(spent <= 512, "{spent} Datalog runs for one listing");
 }

@@ -133,13 +133,24 @@ resources = ["globex/"]
         for r in resources {
             args.extend(["--resource", r]);
         }
-        let out = self.run(&args);
+        self.stdout_of(&args)
+    }
+
+    /// Runs a command that must succeed; its standard output, trimmed.
+    pub fn stdout_of(&self, args: &[&str]) -> String {
+        let out = self.run(args);
         assert!(
             out.status.success(),
-            "mint: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Appends TOML to the config file, as an operator editing it between runs would.
+    pub fn append_config(&self, toml: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{text}\n{toml}\n")).unwrap();
     }
 
     /// `capgate token approval --by BY [--agent AGENT]`: an approval for a task request.
@@ -148,13 +159,7 @@ resources = ["globex/"]
         if let Some(a) = agent {
             args.extend(["--agent", a]);
         }
-        let out = self.run(&args);
-        assert!(
-            out.status.success(),
-            "approval: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        self.stdout_of(&args)
     }
 
     /// `capgate task begin --json`; `Ok(json)` or `Err(stderr)`.

@@ -734,6 +734,14 @@ mod tests {
         (dir, r)
     }
 
+    fn read_args(path: &str) -> ReadArgs {
+        ReadArgs {
+            path: path.into(),
+            offset: None,
+            max_bytes: None,
+        }
+    }
+
     #[test]
     fn resolution_stays_inside_the_root() {
         let (dir, r) = root();
@@ -808,11 +816,7 @@ mod tests {
         std::fs::rename(base.join("docs/a"), base.join("docs/a-moved")).unwrap();
         std::os::unix::fs::symlink(base.join("other"), base.join("docs/a")).unwrap();
 
-        let args = ReadArgs {
-            path: "docs/a/x.txt".into(),
-            offset: None,
-            max_bytes: None,
-        };
+        let args = read_args("docs/a/x.txt");
         let e = read(&r, &file, &args).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(list(&r, &dir).is_err());
@@ -839,6 +843,47 @@ mod tests {
         assert!(read(&r, &file, &args).is_err());
     }
 
+    /// Writes racing on one file each go through a temporary of their own: every one succeeds,
+    /// the file ends holding one whole write, and no temporary is left behind.
+    #[test]
+    fn concurrent_writes_to_one_file_do_not_share_a_temporary() {
+        let (_dir, r) = root();
+        let r = Arc::new(r);
+        let file = r.resource("path", "docs/a/race.txt").unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let (r, file) = (Arc::clone(&r), file.clone());
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let w = WriteArgs {
+                            path: "docs/a/race.txt".into(),
+                            content: format!("writer {t} write {i}"),
+                            append: false,
+                            create_dirs: false,
+                        };
+                        write(&r, &file, &w).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let text = std::fs::read_to_string(r.root().join("docs/a/race.txt")).unwrap();
+        assert!(
+            text.starts_with("writer ") && text.contains(" write "),
+            "{text}"
+        );
+        let names: Vec<_> = std::fs::read_dir(r.root().join("docs/a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.ends_with(".tmp")),
+            "no temporary left: {names:?}"
+        );
+    }
+
     /// A FIFO would block a reader forever: it is refused, and a search passes it by.
     #[cfg(unix)]
     #[test]
@@ -851,11 +896,7 @@ mod tests {
             .unwrap();
         assert!(made.success());
         let res = r.resource("path", "docs/a/pipe").unwrap();
-        let args = ReadArgs {
-            path: "docs/a/pipe".into(),
-            offset: None,
-            max_bytes: None,
-        };
+        let args = read_args("docs/a/pipe");
         let e = read(&r, &res, &args).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         let search_args = SearchArgs {
