@@ -19,16 +19,17 @@ use std::time::{Duration, Instant, SystemTime};
 use biscuit_auth::builder::{AuthorizerBuilder, BlockBuilder, date, fact, string};
 use biscuit_auth::builder_ext::BuilderExt;
 use biscuit_auth::{AuthorizerLimits, Biscuit, PublicKey};
-use capgate_host::capability::{TaskGrant, VerifiedToken, Verifier, task_block};
-use capgate_host::config::DEFAULT_INVOCATION_POLICY;
-use capgate_host::guard::{CallEnv, Transport};
-use capgate_host::issuance::{Channel, Intent, Ttl};
-use capgate_host::registry::ToolCall;
-use capgate_host::{Arguments, Host, Resource, Tool, ToolContext, ToolInput};
+use capgate_authz::policy::DEFAULT_INVOCATION_POLICY;
+use capgate_authz::token::{VerifiedToken, Verifier, task_block};
+use capgate_authz::{CallEnv, Channel, Transport};
+use capgate_core::door::Prepared;
+use capgate_core::task::{Intent, TaskGrant, Ttl};
+use capgate_core::{Arguments, Resource};
+use capgate_server::Host;
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use serde_json::json;
 
-use support::{Installation, args, doc_read_tool, filler_tool, issue_task};
+use support::{Installation, args, doc_read_body, doc_read_tool, filler_tool, issue_task};
 
 /// What a fixture's token and policy hold.
 #[derive(Clone, Copy, Debug)]
@@ -168,9 +169,9 @@ impl Fixture {
             .expect("a token of that many blocks")
     }
 
-    fn prepare(&self) -> ToolCall {
+    fn prepare(&self) -> Prepared {
         self.host
-            .registry()
+            .catalog()
             .prepare("doc_read", Some(self.call_args.clone()))
             .expect("valid call")
     }
@@ -198,8 +199,7 @@ impl Fixture {
             let verified = self.host.verifier().verify(token).expect("verifies");
             let capgate = self
                 .host
-                .guard()
-                .authorize(&verified, self.prepare(), &env("agree".into()))
+                .guard().decide(&verified, &self.prepare(), &env("agree".into()))
                 .is_ok();
             let floor = self
                 .floor
@@ -329,7 +329,7 @@ fn cold(c: &mut Criterion, fx: &Fixture) {
                 },
                 |(verifier, call, env)| {
                     let verified = verifier.verify(token);
-                    verified.map(|v| fx.host.guard().authorize(&v, call, &env).is_ok())
+                    verified.map(|v| fx.host.guard().decide(&v, &call, &env).is_ok())
                 },
                 BatchSize::SmallInput,
             )
@@ -354,11 +354,11 @@ fn warm(c: &mut Criterion, fx: &Fixture, no_cache: &Fixture) {
         let token = fx.token(blocks);
         let session = env("warm".into());
         let v = fx.host.verifier().verify(token).expect("verifies");
-        let first = fx.host.guard().authorize(&v, fx.prepare(), &session);
+        let first = fx.host.guard().decide(&v, &fx.prepare(), &session);
         assert!(first.is_ok(), "the warm call is allowed");
-        let again = fx.host.guard().authorize(&v, fx.prepare(), &session);
+        let again = fx.host.guard().decide(&v, &fx.prepare(), &session);
         assert!(
-            again.is_ok_and(|a| a.grant().cached),
+            again.is_ok_and(|g| g.cached),
             "the second identical call is answered from the cache"
         );
         g.bench_with_input(
@@ -369,7 +369,7 @@ fn warm(c: &mut Criterion, fx: &Fixture, no_cache: &Fixture) {
                     || fx.prepare(),
                     |call| {
                         let v = fx.host.verifier().verify(token).expect("cached");
-                        fx.host.guard().authorize(&v, call, &session).is_ok()
+                        fx.host.guard().decide(&v, &call, &session).is_ok()
                     },
                     BatchSize::SmallInput,
                 )
@@ -378,7 +378,7 @@ fn warm(c: &mut Criterion, fx: &Fixture, no_cache: &Fixture) {
         g.bench_with_input(BenchmarkId::new("authorize", blocks), &blocks, |b, _| {
             b.iter_batched(
                 || fx.prepare(),
-                |call| fx.host.guard().authorize(&v, call, &session).is_ok(),
+                |call| fx.host.guard().decide(&v, &call, &session).is_ok(),
                 BatchSize::SmallInput,
             )
         });
@@ -390,7 +390,7 @@ fn warm(c: &mut Criterion, fx: &Fixture, no_cache: &Fixture) {
     g.bench_function("authorize, decision cache off/2", |b| {
         b.iter_batched(
             || no_cache.prepare(),
-            |call| no_cache.host.guard().authorize(&v, call, &session).is_ok(),
+            |call| no_cache.host.guard().decide(&v, &call, &session).is_ok(),
             BatchSize::SmallInput,
         )
     });
@@ -413,7 +413,7 @@ fn scaling(c: &mut Criterion, fixtures: &[(&str, usize, Fixture)]) {
         g.bench_with_input(BenchmarkId::new(format!("{dim}/capgate"), n), n, |b, _| {
             b.iter_batched(
                 || (fx.prepare(), env(fresh_session())),
-                |(call, env)| fx.host.guard().authorize(&v, call, &env).is_ok(),
+                |(call, env)| fx.host.guard().decide(&v, &call, &env).is_ok(),
                 BatchSize::SmallInput,
             )
         });
@@ -502,14 +502,13 @@ fn store(c: &mut Criterion, poll0: &Fixture, poll5: &Fixture) {
         let session = env("warm".into());
         assert!(
             fx.host
-                .guard()
-                .authorize(&v, fx.prepare(), &session)
+                .guard().decide(&v, &fx.prepare(), &session)
                 .is_ok()
         );
         g.bench_function(format!("warm authorize/{name}"), |b| {
             b.iter_batched(
                 || fx.prepare(),
-                |call| fx.host.guard().authorize(&v, call, &session).is_ok(),
+                |call| fx.host.guard().decide(&v, &call, &session).is_ok(),
                 BatchSize::SmallInput,
             )
         });
@@ -539,7 +538,7 @@ fn paired_cold(fx: &Fixture, rounds: usize) {
                 let t = Instant::now();
                 let r = verifier
                     .verify(token)
-                    .is_ok_and(|v| fx.host.guard().authorize(&v, call, &e).is_ok());
+                    .is_ok_and(|v| fx.host.guard().decide(&v, &call, &e).is_ok());
                 let d = t.elapsed();
                 black_box(r);
                 d
@@ -597,16 +596,14 @@ fn pipeline(c: &mut Criterion, fx: &Fixture) {
                 .is_ok()
         })
     });
-    let tool = doc_read_tool();
+    // The tool's own work, run as the tool runs it (an async body on the same runtime), but
+    // without capgate around it: a tool cannot be called outside the door, so the floor calls
+    // the body the tool is built from.
     let resource = Resource::new(fx.resource.clone());
     g.bench_function("floor: the tool alone", |b| {
         b.iter(|| {
-            rt.block_on(tool.call(ToolInput {
-                args: fx.call_args.clone(),
-                resource: resource.clone(),
-                ctx: ToolContext::detached("doc_read"),
-            }))
-            .is_ok()
+            let args = fx.call_args.clone();
+            rt.block_on(async { doc_read_body(&args, &resource) }).is_ok()
         })
     });
     g.finish();

@@ -92,14 +92,14 @@ struct Opts {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    capgate_host::config::parse_duration(s)
+    capgate_core::time::parse_duration(s)
 }
 
 fn main() -> ExitCode {
     match std::env::var(ROLE_VAR).as_deref() {
         Ok("capgate") => {
-            return capgate::main_with(|registry: &mut capgate_host::Registry, _: &_| {
-                registry.register(echo_tool())
+            return capgate::main_with(|registry: &mut capgate_core::Registry, _: &_| {
+                Ok(registry.register(echo_tool())?)
             });
         }
         Ok("plain-stdio") => return plain::run(plain::Listen::Stdio),
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     if opts.filter.as_deref().is_some_and(|f| !"load".contains(f)) {
         return ExitCode::SUCCESS;
     }
-    capgate_host::install_crypto_provider();
+    capgate_server::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -788,7 +788,7 @@ mod plain {
             StreamableHttpServerConfig, StreamableHttpService,
         };
         // capgate's defaults for the same rmcp settings, so the transports are configured alike.
-        let defaults = capgate_host::config::ServerConfig::default();
+        let defaults = capgate_server::config::ServerConfig::default();
         let service = StreamableHttpService::new(
             || Ok(Echo::new()),
             Arc::new(LocalSessionManager::default()),

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    capgate::host::install_crypto_provider();
+    capgate::server::install_crypto_provider();
     let url = std::env::var("CAPGATE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080/mcp".into());
     let token =
         std::env::var("CAPGATE_TOKEN").map_err(|_| "set CAPGATE_TOKEN to an agent token")?;

@@ -21,18 +21,18 @@ use std::process::ExitCode;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use capgate_host::config::Config;
-use capgate_host::rmcp::model::{
+use capgate::core::rmcp::model::{
     ContentBlock, CreateMessageRequestParams, ElicitRequestParams, ElicitationAction,
     ElicitationSchema, LoggingLevel, ResourceContents, Role, SamplingMessage,
     SamplingMessageContentBlock,
 };
-use capgate_host::rmcp::schemars::JsonSchema;
-use capgate_host::rmcp::service::{ElicitationMode, Peer, RoleServer};
-use capgate_host::{
-    Arguments, Content, DynamicTool, Error, Operation, Registry, ToolContext, ToolError,
-    ToolOutput, ToolSpec, TypedTool,
+use capgate::core::rmcp::schemars::JsonSchema;
+use capgate::core::rmcp::service::{ElicitationMode, Peer, RoleServer};
+use capgate::core::{
+    Arguments, Content, DynamicTool, Operation, Registry, ToolContext, ToolError, ToolOutput,
+    ToolSpec, TypedTool,
 };
+use capgate::server::{Config, Error};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -61,7 +61,7 @@ fn register_fixtures(registry: &mut Registry) -> Result<(), Error> {
 /// `additionalProperties: false`, so a client that sends stray arguments hears about it.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(crate = "capgate_host::rmcp::schemars")]
+#[schemars(crate = "capgate::core::rmcp::schemars")]
 struct NoArgs {}
 
 /// Waits `d`, or fails the call when the client cancels it meanwhile: a fixture that sleeps
@@ -216,7 +216,7 @@ mod client_requests {
     /// `test_sampling`'s arguments.
     #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
-    #[schemars(crate = "capgate_host::rmcp::schemars")]
+    #[schemars(crate = "capgate::core::rmcp::schemars")]
     struct SamplingArgs {
         /// The prompt to send to the client's model.
         prompt: String,
@@ -386,13 +386,11 @@ mod client_requests {
     impl Form {
         /// Checks the form once, at registration, through rmcp's typed elicitation schema: a
         /// form rmcp cannot represent is a startup error here, not a failed call later.
-        fn into_tool(self) -> Result<DynamicTool, Error> {
-            let schema: ElicitationSchema =
-                serde_json::from_value(self.requested_schema).map_err(|e| {
-                    Error::Registry(format!(
-                        "{}: the elicitation form is invalid: {e}",
-                        self.name
-                    ))
+        fn into_tool(self) -> Result<DynamicTool, capgate::core::Error> {
+            let schema: ElicitationSchema = serde_json::from_value(self.requested_schema)
+                .map_err(|e| capgate::core::Error::InvalidSchema {
+                    name: self.name.to_owned(),
+                    source: Box::new(e),
                 })?;
             let input = match self.message {
                 Message::FromArgument => json!({
@@ -496,7 +494,8 @@ mod schemas {
         registry.register(DynamicTool::new(spec, |args: Arguments, _, _| async move {
             let args = Value::Object(args);
             Ok(ToolOutput::text(format!("Received: {args}")).with_structured(args))
-        }))
+        }))?;
+        Ok(())
     }
 }
 

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use capgate::host::{
-    DynamicTool, Operation, Resource, ToolError, ToolOutput, ToolSpec, TypedTool, tool::str_arg,
+use capgate::core::{
+    DynamicTool, Operation, Resource, ToolError, ToolOutput, ToolSpec, TypedTool, str_arg,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    capgate::host::install_crypto_provider();
+    capgate::server::install_crypto_provider();
     let mut args = std::env::args().skip(1);
     let task_token = args
         .next()

@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
-use capgate_host::capability::{self, AgentGrant, RootKey, rfc3339};
-use capgate_host::config::{Config, parse_duration};
-use capgate_host::issuance::{Channel, Intent, IssuanceError, Ttl};
-use capgate_host::store::{EndReason, SqliteStore, TaskRecord, TaskStore};
-use capgate_host::telemetry::{AuditLog, AuditRecord, Providers};
-use capgate_host::{Error, Host, HostBuilder, Registry};
+use capgate_authz::token::{self, AgentGrant, ApprovalScope, RootKey};
+use capgate_authz::{Channel, IssuanceError};
+use capgate_core::Registry;
+use capgate_core::task::{EndReason, Intent, TaskRecord, Ttl};
+use capgate_core::time::{parse_duration, rfc3339};
+use capgate_server::config::Config;
+use capgate_server::store::{SqliteStore, TaskStore};
+use capgate_server::telemetry::{AuditLog, AuditRecord, Providers};
+use capgate_server::{Error, Host, HostBuilder};
 
 use crate::cli::{KeysCommand, PolicyCommand, TaskBeginArgs, TaskCommand, TokenCommand};
 
@@ -55,7 +58,7 @@ pub(crate) fn token(
             ttl,
         } => {
             let key = RootKey::load(&config.root_key_file())?;
-            let registry = crate::registry(config, extend)?;
+            let registry = crate::registry(config, None, extend)?;
             for t in tools {
                 if registry.spec(t).is_none() {
                     bail!(
@@ -86,7 +89,7 @@ pub(crate) fn token(
                 prefixes,
                 ttl,
             };
-            let token = capability::mint_agent_token(&key, &grant)?;
+            let token = token::mint_agent_token(&key, &grant)?;
             let encoded = token.to_base64().context("encoding the token")?;
             let ids = token.revocation_identifiers();
             eprintln!(
@@ -106,11 +109,11 @@ pub(crate) fn token(
         } => {
             let key = RootKey::load(&config.root_key_file())?;
             let ttl = parse_duration(ttl).map_err(anyhow::Error::msg)?;
-            let scope = capability::ApprovalScope {
+            let scope = ApprovalScope {
                 agent: agent.clone(),
                 tenant: tenant.clone(),
             };
-            let token = capability::mint_approval(&key, by, &scope, ttl)?;
+            let token = token::mint_approval(&key, by, &scope, ttl)?;
             let encoded = token.to_base64().context("encoding the approval")?;
             eprintln!(
                 "capgate: minted an approval by `{by}` for one task request of {}{}; valid until {}; revocation id {}",
@@ -146,7 +149,7 @@ pub(crate) fn token(
             let root = RootKey::load(&config.root_key_file())
                 .ok()
                 .map(|k| k.public());
-            let inspection = capability::inspect(&token, root)?;
+            let inspection = token::inspect(&token, root)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&inspection)?);
             } else {
@@ -158,7 +161,7 @@ pub(crate) fn token(
 }
 
 fn biscuit_auth_ids(token: &str) -> anyhow::Result<Vec<String>> {
-    let inspection = capability::inspect(token, None)?;
+    let inspection = token::inspect(token, None)?;
     let ids: Vec<String> = inspection
         .blocks
         .into_iter()
@@ -186,7 +189,7 @@ fn read_token_arg(arg: &str) -> anyhow::Result<String> {
 /// run on their own threads, so no async runtime is needed.
 fn host(config: Config, extend: Extend<'_>) -> anyhow::Result<Host> {
     let providers = Providers::from_env(&config.telemetry)?;
-    let registry = crate::registry(&config, extend)?;
+    let registry = crate::registry(&config, None, extend)?;
     let mut builder = HostBuilder::new(config).providers(providers);
     *builder.registry_mut() = registry;
     let host = builder.build()?;

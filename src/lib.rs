@@ -1,9 +1,10 @@
 //! The `capgate` binary as a library: the CLI, and [`main_with`] for binaries that host extra
 //! tools next to the built-in ones (see `examples/custom_tool.rs`).
 //!
-//! The real work lives in [`capgate_host`] (server, guard, issuance, telemetry) and
-//! [`capgate_tools`] (built-in tools); this crate parses the command line, loads the config and
-//! wires them together.
+//! The real work lives in the host's crates, re-exported here: [`core`] (the Tool API, the
+//! door), [`authz`] (tokens, policy, guard, issuance), [`server`] (sessions, transports,
+//! stores, telemetry) and [`tools`] (the built-in tools). This crate parses the command line,
+//! loads the config and wires them together.
 
 pub mod cli;
 mod commands;
@@ -15,11 +16,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-pub use capgate_host as host;
+pub use capgate_authz as authz;
+pub use capgate_core as core;
+pub use capgate_server as server;
 pub use capgate_tools as tools;
 
-use capgate_host::config::Config;
-use capgate_host::{Error, Registry};
+use capgate_core::Registry;
+use capgate_server::{Config, Error};
 
 /// Registers tools beyond the built-in ones.
 pub trait Extension:
@@ -36,7 +39,7 @@ pub fn main() -> ExitCode {
 /// Runs the capgate CLI, with `extend` registering extra tools wherever capgate builds its
 /// registry (`serve`, `token mint`, `task begin`).
 pub fn main_with(extend: impl Extension) -> ExitCode {
-    capgate_host::install_crypto_provider();
+    capgate_server::install_crypto_provider();
     let cli = cli::Cli::parse();
     match run(cli, &extend) {
         Ok(code) => code,
@@ -55,14 +58,12 @@ fn run(
     match cli.command {
         Command::Serve(ref args) => {
             let mut config = load_config(&cli)?;
-            if let Some(root) = &args.root {
-                config.tools.fs.root = absolute(root)?;
-            }
             if let Some(addr) = args.http {
                 config.server.http = Some(addr);
             }
             config.validate()?;
-            serve::serve(config, args, extend)
+            let root = args.root.as_deref().map(absolute).transpose()?;
+            serve::serve(config, args, root, extend)
         }
         Command::Keys(ref k) => commands::keys(&load_config(&cli)?, k),
         Command::Token(ref t) => commands::token(&load_config(&cli)?, t, extend),
@@ -95,14 +96,24 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Builds the registry: built-in tools, then the extension's.
+/// Builds the registry: built-in tools, then the extension's. `root` overrides `[tools.fs]
+/// root` (`serve --root`). A `[tools.*]` table no pack read is refused.
 pub(crate) fn registry(
     config: &Config,
+    root: Option<PathBuf>,
     extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
 ) -> anyhow::Result<Registry> {
+    let mut builtin = capgate_tools::BuiltinConfig {
+        fs: config.tools.section("fs")?,
+        http_fetch: config.tools.section("http_fetch")?,
+    };
+    if let Some(root) = root {
+        builtin.fs.root = root;
+    }
     let mut registry = Registry::new();
-    capgate_tools::register_builtin(&mut registry, &config.tools)?;
+    capgate_tools::register_builtin(&mut registry, &builtin)?;
     extend(&mut registry, config)?;
+    config.tools.check_claimed()?;
     Ok(registry)
 }
 

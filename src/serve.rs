@@ -4,11 +4,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use capgate_host::config::{Config, ConfigSource};
-use capgate_host::telemetry::Providers;
-use capgate_host::telemetry::otel::install_tracing;
-use capgate_host::transport::{HttpOptions, serve_http, serve_stdio};
-use capgate_host::{Error, HostBuilder, Registry};
+use std::path::PathBuf;
+
+use capgate_core::Registry;
+use capgate_server::config::{Config, ConfigSource};
+use capgate_server::telemetry::Providers;
+use capgate_server::telemetry::otel::install_tracing;
+use capgate_server::transport::{HttpOptions, serve_http, serve_stdio};
+use capgate_server::{Error, HostBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
@@ -18,24 +21,27 @@ const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub(crate) fn serve(
     config: Config,
     args: &ServeArgs,
+    root: Option<PathBuf>,
     extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
 ) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(config, args, extend))
+    rt.block_on(run(config, args, root, extend))
 }
 
 async fn run(
     config: Config,
     args: &ServeArgs,
+    root: Option<PathBuf>,
     extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
 ) -> anyhow::Result<ExitCode> {
     if config.source == ConfigSource::Embedded {
+        let fs: capgate_tools::FsConfig = config.tools.section("fs")?;
         eprintln!(
             "capgate: no capgate.toml found; running on the embedded default: tools confined to {} (created if missing), state (root key, task store, audit log) in {}",
-            config.tools.fs.root.display(),
+            root.as_deref().unwrap_or(&fs.root).display(),
             config.state_dir.display()
         );
     } else {
@@ -59,14 +65,14 @@ async fn run(
         None => None,
     };
 
-    let registry = crate::registry(&config, extend)?;
+    let registry = crate::registry(&config, root, extend)?;
     let mut builder = HostBuilder::new(config).providers(providers);
     *builder.registry_mut() = registry;
     let host = builder.build()?;
     for note in host.notes() {
         eprintln!("capgate: {note}");
     }
-    let names: Vec<&str> = host.registry().specs().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = host.catalog().specs().map(|s| s.name.as_str()).collect();
     eprintln!(
         "capgate: hosting {} tools: {}",
         names.len(),

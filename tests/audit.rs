@@ -2,13 +2,12 @@
 //! line parseable and every answered call recorded; when it cannot be written, calls are refused
 //! before the tool runs; and `capgate task show` reads it back as intent beside action.
 
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use capgate_testkit::*;
 use serde_json::{Value, json};
 
 /// SIGKILL while four clients stream calls: the log's complete lines all parse, and each call a

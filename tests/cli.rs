@@ -1,8 +1,7 @@
 //! The operator's commands: keys, policy checks, and startup refusals.
 
-mod common;
 
-use common::*;
+use capgate_testkit::*;
 
 #[test]
 fn keys_init_refuses_to_overwrite_without_force() {

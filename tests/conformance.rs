@@ -22,7 +22,6 @@
 //! Every child process runs under a time limit, so a missing network (npm) or a hung server
 //! ends in a panic that says what happened instead of a hang.
 
-mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -103,7 +102,7 @@ fn official_conformance_suite_passes_over_http() {
     );
 
     let node = NodeSuite::ensure(&work);
-    let pack = common::example_bin("conformance_pack");
+    let pack = capgate_testkit::example_bin("conformance_pack");
 
     let install = Installation::new(&pack);
     let token_file = install.task_token_file();
@@ -111,7 +110,7 @@ fn official_conformance_suite_passes_over_http() {
     serve
         .args(["serve", "--http", "127.0.0.1:0", "--dev-headerless-token"])
         .arg(&token_file);
-    let server = common::Server::start(serve);
+    let server = capgate_testkit::Server::start(serve);
 
     let results = work.join("results");
     // Results accumulate one directory per scenario and run; keep only this run's.

@@ -1,9 +1,8 @@
 //! `examples/custom_tool.rs` — both registration forms of the Tool API — served by the same
 //! pipeline as the built-in tools: listed, guarded, approved at issuance.
 
-mod common;
 
-use common::*;
+use capgate_testkit::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,14 +31,13 @@ async fn custom_tools_are_hosted_behind_the_same_guard() {
         vec!["task_begin", "task_end", "ticket_create", "ticket_get"]
     );
     // The DynamicTool's run-time schema is enforced before anything else.
-    let e = call(
+    let d = call_invalid(
         &client,
         "ticket_create",
         json!({"project": "web", "title": "x", "priority": "urgent"}),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
+    .await;
+    assert_eq!(d["field"], "priority", "{d}");
     let r = call(
         &client,
         "ticket_create",

@@ -2,9 +2,8 @@
 //! process) and streamable HTTP. Built-in tools' happy paths, and every kind of bad input, each
 //! asserting the exact error and that nothing outside the root was read or written.
 
-mod common;
 
-use common::*;
+use capgate_testkit::*;
 use serde_json::json;
 
 /// A task over every built-in tool: the fs tools confined to `acme/`, `http_fetch` to the
@@ -165,92 +164,63 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
         rpc_message(&e)
     );
 
-    // Missing field, wrong type, unexpected field: JSON-RPC invalid params naming the field.
-    let e = call(client, "fs_read", json!({})).await.unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
+    // Missing field, wrong type, unexpected field: a tool execution error (SEP-1303) the model
+    // reads, naming the field and the schema rule it broke.
+    let d = call_invalid(client, "fs_read", json!({})).await;
+    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("required")));
     assert!(
-        rpc_message(&e).contains("missing required field `path`"),
-        "{}",
-        rpc_message(&e)
+        d["text"].as_str().unwrap().contains("missing required field `path`"),
+        "{d}"
     );
-    let e = call(client, "fs_read", json!({"path": 42}))
-        .await
-        .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
-    assert!(
-        rpc_message(&e).contains("field `path`"),
-        "{}",
-        rpc_message(&e)
-    );
-    let e = call(
+    let d = call_invalid(client, "fs_read", json!({"path": 42})).await;
+    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("type")));
+    assert!(d["message"].as_str().unwrap().contains("field `path`"), "{d}");
+    let d = call_invalid(
         client,
         "fs_write",
         json!({"path": "acme/out/a", "content": "x", "mode": "0777"}),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
-    assert!(
-        rpc_message(&e).contains("unexpected field `mode`"),
-        "{}",
-        rpc_message(&e)
-    );
+    .await;
+    assert_eq!(d["field"], "mode", "{d}");
+    assert_eq!(d["rule"], "additionalProperties", "{d}");
+    assert!(d["message"].as_str().unwrap().contains("unexpected field `mode`"), "{d}");
 
-    // Escapes from the root: refused before authorization and before any I/O.
+    // Escapes from the root: refused while the resource is derived, before authorization and
+    // before any I/O; the model reads why.
     for path in [
         "../outside/secret.txt",
         "acme/../../outside/secret.txt",
         cg.outside.join("secret.txt").to_str().unwrap(),
         "/etc/passwd",
     ] {
-        let e = call(client, "fs_read", json!({"path": path}))
-            .await
-            .unwrap_err();
-        assert_eq!(rpc_code(&e), -32602, "{path}");
+        let d = call_invalid(client, "fs_read", json!({"path": path})).await;
+        assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("tool")));
         assert!(
-            rpc_message(&e).contains("resolves outside the tool root"),
-            "{path}: {}",
-            rpc_message(&e)
+            d["message"].as_str().unwrap().contains("resolves outside the tool root"),
+            "{path}: {d}"
         );
-        let e = call(
-            client,
-            "fs_write",
-            json!({"path": path, "content": "pwned"}),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(rpc_code(&e), -32602, "{path}");
+        call_invalid(client, "fs_write", json!({"path": path, "content": "pwned"})).await;
     }
     // A symlink inside the root that points out.
     std::os::unix::fs::symlink(&cg.outside, cg.root.join("acme/escape")).unwrap();
-    let e = call(client, "fs_read", json!({"path": "acme/escape/secret.txt"}))
-        .await
-        .unwrap_err();
+    let d = call_invalid(client, "fs_read", json!({"path": "acme/escape/secret.txt"})).await;
     assert!(
-        rpc_message(&e).contains("resolves outside the tool root"),
-        "{}",
-        rpc_message(&e)
+        d["message"].as_str().unwrap().contains("resolves outside the tool root"),
+        "{d}"
     );
-    let e = call(
+    call_invalid(
         client,
         "fs_write",
         json!({"path": "acme/escape/new.txt", "content": "pwned"}),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
-    let e = call(client, "fs_list", json!({"path": "acme/escape"}))
-        .await
-        .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
-    let e = call(
+    .await;
+    call_invalid(client, "fs_list", json!({"path": "acme/escape"})).await;
+    call_invalid(
         client,
         "fs_search",
         json!({"path": "acme/escape", "pattern": "secret"}),
     )
-    .await
-    .unwrap_err();
-    assert_eq!(rpc_code(&e), -32602);
+    .await;
     // A search over a tree holding that symlink does not follow it.
     let r = call(
         client,
@@ -269,14 +239,13 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     std::fs::remove_file(cg.root.join("acme/escape")).unwrap();
 
     // A bad regular expression names the field.
-    let e = call(
+    let d = call_invalid(
         client,
         "fs_search",
         json!({"path": "acme", "pattern": "(", "regex": true}),
     )
-    .await
-    .unwrap_err();
-    assert!(rpc_message(&e).contains("`pattern`"), "{}", rpc_message(&e));
+    .await;
+    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("pattern"), Some("tool")));
 
     assert_eq!(
         cg.outside_snapshot(),
@@ -378,7 +347,7 @@ fn config_typos_are_refused_with_file_and_key() {
 #[test]
 fn the_embedded_default_needs_no_config() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(capgate_bin())
         .current_dir(dir.path())
         .args(["serve", "--http", "127.0.0.1:0"])
         .env_remove("CAPGATE_CONFIG")

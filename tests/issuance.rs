@@ -2,11 +2,10 @@
 //! in-band (`task_begin` / `task_end`) over stdio and HTTP, with approval asked through MCP
 //! elicitation; tokens narrowed by the `biscuit-auth` crate directly, and per-call `_meta` tokens.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use capgate_testkit::*;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
     ElicitationAction, Implementation, RequestMetaObject,
@@ -511,11 +510,12 @@ async fn in_band_approval_is_asked_through_elicitation() {
     // The model cannot vouch for a human by writing a name.
     let mut self_approved = intent.clone();
     self_approved["approved_by"] = json!("Alice");
-    let e = client
+    let r = client
         .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(self_approved)))
         .await
-        .unwrap_err();
-    assert!(format!("{e:?}").contains("elicitation"), "{e:?}");
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("elicitation"), "{r:?}");
     client.cancel().await.unwrap();
     let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
     assert_eq!(

@@ -5,7 +5,6 @@
 //! that is down or never answers costs the calls nothing: each still answers quickly and is
 //! audited exactly once.
 
-mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -17,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::*;
+use capgate_testkit::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use capgate_host::capability::{AgentGrant, RootKey, VerifiedToken, mint_agent_token};
-use capgate_host::config::Config;
-use capgate_host::issuance::{Channel, Intent, Ttl};
-use capgate_host::tool::str_arg;
-use capgate_host::{
-    Arguments, DynamicTool, Host, HostBuilder, Operation, Resource, ToolOutput, ToolSpec,
+use capgate_authz::Channel;
+use capgate_authz::token::{AgentGrant, RootKey, VerifiedToken, mint_agent_token};
+use capgate_core::task::{Intent, Ttl};
+use capgate_core::{
+    Arguments, DynamicTool, Operation, Resource, ToolError, ToolOutput, ToolSpec, str_arg,
 };
+use capgate_server::{Config, Host, HostBuilder};
 use serde_json::{Value, json};
 
 /// The trivial tool of the load benchmark: returns its `text` argument.
@@ -61,9 +61,14 @@ pub fn doc_read_tool() -> DynamicTool {
     }));
     DynamicTool::new(
         ToolSpec::new("doc_read", "Reads a document.", Operation::Read, schema),
-        |_args, resource, _ctx| async move { Ok(ToolOutput::text(resource.to_string())) },
+        |args, resource, _ctx| async move { doc_read_body(&args, &resource) },
     )
     .resource(|args| Ok(Resource::new(format!("/docs/{}", str_arg(args, "path")?))))
+}
+
+/// What `doc_read` does once capgate has let the call through.
+pub fn doc_read_body(_args: &Arguments, resource: &Resource) -> Result<ToolOutput, ToolError> {
+    Ok(ToolOutput::text(resource.to_string()))
 }
 
 /// A filler tool (same shape as echo), to grow the number of granted tools.
@@ -166,10 +171,7 @@ impl Installation {
             ttl: Some(Duration::from_secs(24 * 3600)),
         };
         mint_agent_token(&self.root, &grant)
-            .and_then(|b| {
-                b.to_base64()
-                    .map_err(|e| capgate_host::capability::TokenError::Build(e.to_string()))
-            })
+            .and_then(|b| b.to_base64().map_err(capgate_authz::TokenError::Build))
             .expect("mint agent token")
     }
 }

@@ -18,9 +18,10 @@ use base64::Engine;
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, OpenOptions, OpenOptionsExt};
-use capgate_host::config::FsToolsConfig;
-use capgate_host::rmcp::model::{ContentBlock, ResourceContents};
-use capgate_host::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::rmcp::model::{ContentBlock, ResourceContents};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+
+use crate::config::FsConfig;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -29,7 +30,7 @@ use serde_json::json;
 pub struct FsRoot {
     root: PathBuf,
     dir: Dir,
-    limits: FsToolsConfig,
+    limits: FsConfig,
 }
 
 impl std::fmt::Debug for FsRoot {
@@ -40,7 +41,7 @@ impl std::fmt::Debug for FsRoot {
 
 impl FsRoot {
     /// Opens (creating if missing) the root directory.
-    pub fn open(config: &FsToolsConfig) -> std::io::Result<Self> {
+    pub fn open(config: &FsConfig) -> std::io::Result<Self> {
         std::fs::create_dir_all(&config.root)?;
         let root = std::fs::canonicalize(&config.root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
@@ -339,7 +340,7 @@ pub struct SearchArgs {
 }
 
 /// `fs_read`.
-pub fn fs_read(root: Arc<FsRoot>) -> impl capgate_host::Tool {
+pub(crate) fn fs_read(root: Arc<FsRoot>) -> impl capgate_core::Tool {
     let (r1, r2, r3) = (root.clone(), root.clone(), root);
     TypedTool::new(
         "fs_read",
@@ -411,7 +412,7 @@ fn read(root: &FsRoot, resource: &Resource, args: &ReadArgs) -> Result<ToolOutpu
 }
 
 /// `fs_list`.
-pub fn fs_list(root: Arc<FsRoot>) -> impl capgate_host::Tool {
+pub(crate) fn fs_list(root: Arc<FsRoot>) -> impl capgate_core::Tool {
     let (r1, r2, r3) = (root.clone(), root.clone(), root);
     TypedTool::new(
         "fs_list",
@@ -474,7 +475,7 @@ fn list(root: &FsRoot, resource: &Resource) -> Result<ToolOutput, ToolError> {
 }
 
 /// `fs_write`.
-pub fn fs_write(root: Arc<FsRoot>) -> impl capgate_host::Tool {
+pub(crate) fn fs_write(root: Arc<FsRoot>) -> impl capgate_core::Tool {
     let (r1, r2, r3) = (root.clone(), root.clone(), root);
     TypedTool::new(
         "fs_write",
@@ -559,7 +560,7 @@ fn write(root: &FsRoot, resource: &Resource, args: &WriteArgs) -> Result<ToolOut
 }
 
 /// `fs_search`.
-pub fn fs_search(root: Arc<FsRoot>) -> impl capgate_host::Tool {
+pub(crate) fn fs_search(root: Arc<FsRoot>) -> impl capgate_core::Tool {
     let (r1, r2, r3) = (root.clone(), root.clone(), root);
     TypedTool::new(
         "fs_search",
@@ -723,9 +724,9 @@ mod tests {
 
     fn root() -> (tempfile::TempDir, FsRoot) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = FsToolsConfig {
+        let cfg = FsConfig {
             root: dir.path().join("ws"),
-            ..FsToolsConfig::default()
+            ..FsConfig::default()
         };
         let r = FsRoot::open(&cfg).unwrap();
         std::fs::create_dir_all(r.root().join("docs/a")).unwrap();

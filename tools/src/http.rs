@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use capgate_host::config::HttpFetchConfig;
-use capgate_host::rmcp::model::{ContentBlock, ResourceContents};
-use capgate_host::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::rmcp::model::{ContentBlock, ResourceContents};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+
+use crate::config::HttpFetchConfig;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -127,14 +128,17 @@ struct Fetcher {
 }
 
 /// `http_fetch`.
-pub fn http_fetch(limits: &HttpFetchConfig) -> Result<impl capgate_host::Tool, String> {
-    capgate_host::install_crypto_provider();
+pub(crate) fn http_fetch(
+    limits: &HttpFetchConfig,
+) -> Result<impl capgate_core::Tool, reqwest::Error> {
+    // reqwest is built without a bundled TLS provider; ring is the one capgate ships. Installing
+    // it is idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("capgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(limits.timeout)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        .build()?;
     let fetcher = Arc::new(Fetcher {
         client,
         limits: limits.clone(),

@@ -1,0 +1,575 @@
+//! The door: the one way to run a hosted tool.
+//!
+//! A call passes four stages, each a type that only the stage before can build:
+//!
+//! 1. [`Prepared`]: the tool exists, the arguments passed its input schema, and its resource is
+//!    derived ([`Door::prepare`]);
+//! 2. [`Authorized`]: the door's guard allowed it ([`Door::authorize`]);
+//! 3. [`Recorded`]: the door's audit stage wrote the decision down before anything runs
+//!    ([`Door::record`]);
+//! 4. dispatched: [`Door::dispatch`] takes nothing but a `Recorded` call and runs the tool.
+//!
+//! The guard and the audit stage are the door's [`Stages`], fixed when the door is built from a
+//! [`Registry`]; every call through that door meets the same ones. capgate-server builds one
+//! door, with capgate-authz's guard and its own audit log as the stages.
+//!
+//! Invariant: a hosted tool runs only from [`Door::dispatch`]. The registry is consumed by the
+//! door, the [`Catalog`] it leaves behind describes tools but cannot run them, the stage types'
+//! fields are private, and [`Tool::call`] needs a [`ToolInput`] that only this module builds.
+//!
+//! ```compile_fail,E0451
+//! use capgate_core::door::{Authorized, Prepared, Stages};
+//! // An allow cannot be made up: only the door's guard stage builds one.
+//! fn forge<S: Stages>(call: Prepared, grant: S::Grant) -> Authorized<S> {
+//!     Authorized { call, grant }
+//! }
+//! ```
+//!
+//! ```compile_fail,E0308
+//! use capgate_core::door::{Door, Prepared, Stages};
+//! use capgate_core::ToolContext;
+//! // Skipping the audit stage does not compile: dispatch takes a Recorded call only.
+//! fn skip_audit<S: Stages>(door: &Door<S>, caller: &S::Caller, call: Prepared) {
+//!     if let Ok(allowed) = door.authorize(caller, call) {
+//!         let _ = door.dispatch(allowed, ToolContext::detached("x"));
+//!     }
+//! }
+//! ```
+//!
+//! The same code through every stage compiles:
+//!
+//! ```
+//! use capgate_core::door::{Door, Prepared, Stages};
+//! use capgate_core::ToolContext;
+//! fn through_the_door<S: Stages>(door: &Door<S>, caller: &S::Caller, call: Prepared) {
+//!     if let Ok(allowed) = door.authorize(caller, call) {
+//!         if let Ok(recorded) = door.record(caller, allowed) {
+//!             let _ = door.dispatch(recorded, ToolContext::detached("x"));
+//!         }
+//!     }
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::context::ToolContext;
+use crate::error::Error;
+use crate::tool::{Arguments, Resource, Tool, ToolError, ToolFuture, ToolInput, ToolSpec};
+
+/// Names of capgate's own in-band control tools; hosted tools may not take them.
+pub const RESERVED_NAMES: &[&str] = &["task_begin", "task_end"];
+
+/// The guard and the audit stage a door puts every call through.
+pub trait Stages: Send + Sync + 'static {
+    /// What a call is judged by (a verified credential and where the call came from).
+    type Caller: ?Sized + Sync;
+    /// What an allow rests on (the task, the token).
+    type Grant: Send + Sync;
+    /// Why a call was refused.
+    type Denial: Send;
+
+    /// The guard: allows a prepared call, or says why not. Any doubt is a denial.
+    fn authorize(&self, caller: &Self::Caller, call: &Prepared)
+    -> Result<Self::Grant, Self::Denial>;
+
+    /// The audit stage: records an allowed call before it runs. An `Err` means the decision
+    /// could not be recorded and the call must not run.
+    fn record(
+        &self,
+        caller: &Self::Caller,
+        call: &Prepared,
+        grant: &Self::Grant,
+    ) -> Result<(), Self::Denial>;
+}
+
+/// A hosted tool with its compiled schema validator.
+struct Entry {
+    tool: Arc<dyn Tool>,
+    validator: jsonschema::Validator,
+}
+
+/// The tools to host, while they are being registered. [`Door::new`] consumes it: after that
+/// no one holds a tool but the door.
+#[derive(Default)]
+pub struct Registry {
+    tools: BTreeMap<String, Entry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool. Refuses a malformed or reserved name, a duplicate, or an input schema that
+    /// is not a valid JSON schema for an object. The tool moves into the registry: no callable
+    /// copy stays with the caller.
+    pub fn register(&mut self, tool: impl Tool) -> Result<(), Error> {
+        let spec = tool.spec();
+        let name = spec.name.clone();
+        if !valid_tool_name(&name) {
+            return Err(Error::BadToolName { name });
+        }
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            return Err(Error::ReservedToolName { name });
+        }
+        if self.tools.contains_key(&name) {
+            return Err(Error::DuplicateTool { name });
+        }
+        if spec.input_schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(Error::SchemaNotObject { name });
+        }
+        let schema = Value::Object(spec.input_schema.clone());
+        let validator = jsonschema::validator_for(&schema).map_err(|e| Error::InvalidSchema {
+            name: name.clone(),
+            source: Box::new(e),
+        })?;
+        self.tools.insert(
+            name,
+            Entry {
+                tool: Arc::new(tool),
+                validator,
+            },
+        );
+        Ok(())
+    }
+
+    /// The descriptions of the tools registered so far.
+    pub fn specs(&self) -> impl Iterator<Item = &ToolSpec> {
+        self.tools.values().map(|e| e.tool.spec())
+    }
+
+    /// A registered tool's description.
+    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.get(name).map(|e| e.tool.spec())
+    }
+
+    /// Number of registered tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// True when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Canonicalizes a resource prefix for a tool, the way that tool writes its resources.
+    pub fn canonical_prefix(&self, tool: &str, prefix: &str) -> Result<String, Error> {
+        canonical_prefix(&self.tools, tool, prefix)
+    }
+
+    /// Seals the registry into a catalog (no more tools can be added).
+    fn into_catalog(self) -> Catalog {
+        Catalog { tools: self.tools }
+    }
+}
+
+fn canonical_prefix(
+    tools: &BTreeMap<String, Entry>,
+    tool: &str,
+    prefix: &str,
+) -> Result<String, Error> {
+    let entry = tools.get(tool).ok_or_else(|| Error::UnknownTool {
+        name: tool.to_owned(),
+        hosted: tools.keys().cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    entry
+        .tool
+        .canonical_prefix(prefix)
+        .map_err(|source| Error::Prefix {
+            tool: tool.to_owned(),
+            prefix: prefix.to_owned(),
+            source,
+        })
+}
+
+/// The hosted tools, as everyone but the door sees them: descriptions and the canonical form
+/// of resource prefixes. Nothing here runs a tool.
+pub struct Catalog {
+    tools: BTreeMap<String, Entry>,
+}
+
+impl Catalog {
+    /// The descriptions of all hosted tools, by name.
+    pub fn specs(&self) -> impl Iterator<Item = &ToolSpec> {
+        self.tools.values().map(|e| e.tool.spec())
+    }
+
+    /// A hosted tool's description.
+    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.get(name).map(|e| e.tool.spec())
+    }
+
+    /// The hosted tools' names, comma-separated, for messages.
+    pub fn names(&self) -> String {
+        self.tools.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// Number of hosted tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// True when no tool is hosted.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Canonicalizes a resource prefix for a tool, the way that tool writes its resources.
+    pub fn canonical_prefix(&self, tool: &str, prefix: &str) -> Result<String, Error> {
+        canonical_prefix(&self.tools, tool, prefix)
+    }
+
+    /// Resolves a call (tool, schema, resource) without authorizing it: a [`Prepared`] call can
+    /// be put to a guard (or described), never run; only the door runs calls.
+    pub fn prepare(&self, name: &str, args: Option<Arguments>) -> Result<Prepared, CallError> {
+        let entry = self.tools.get(name).ok_or_else(|| CallError::UnknownTool {
+            name: name.to_owned(),
+        })?;
+        let args = args.unwrap_or_default();
+        let instance = Value::Object(args);
+        if let Some(error) = entry.validator.iter_errors(&instance).next() {
+            let (field, rule, message) = describe_schema_error(&error);
+            return Err(CallError::InvalidArguments {
+                tool: name.to_owned(),
+                field,
+                rule,
+                message,
+            });
+        }
+        let Value::Object(args) = instance else {
+            unreachable!("built from an object above")
+        };
+        let resource = entry.tool.resource(&args).map_err(|e| match e {
+            ToolError::InvalidArgument { field, message } => CallError::InvalidArguments {
+                tool: name.to_owned(),
+                message: format!("`{field}`: {message}"),
+                field,
+                rule: "tool".into(),
+            },
+            ToolError::Failed(message) => CallError::InvalidArguments {
+                tool: name.to_owned(),
+                field: String::new(),
+                rule: "tool".into(),
+                message,
+            },
+        })?;
+        Ok(Prepared {
+            tool: Arc::clone(&entry.tool),
+            args,
+            resource,
+        })
+    }
+}
+
+/// A call that named a hosted tool, whose arguments passed the tool's schema and whose resource
+/// has been derived. It can be put to the guard, not run.
+pub struct Prepared {
+    // Private: the only code that reaches `tool` is `Door::dispatch`.
+    tool: Arc<dyn Tool>,
+    args: Arguments,
+    resource: Resource,
+}
+
+impl Prepared {
+    /// The tool's description.
+    pub fn spec(&self) -> &ToolSpec {
+        self.tool.spec()
+    }
+
+    /// The validated arguments.
+    pub fn args(&self) -> &Arguments {
+        &self.args
+    }
+
+    /// The canonical resource the call touches.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
+
+/// A call the door's guard allowed. Only [`Door::authorize`] builds one.
+pub struct Authorized<S: Stages> {
+    call: Prepared,
+    grant: S::Grant,
+}
+
+impl<S: Stages> Authorized<S> {
+    /// The call.
+    pub fn call(&self) -> &Prepared {
+        &self.call
+    }
+
+    /// What the allow rests on.
+    pub fn grant(&self) -> &S::Grant {
+        &self.grant
+    }
+}
+
+/// An allowed call whose decision the audit stage has recorded. Only [`Door::record`] builds
+/// one, and [`Door::dispatch`] takes nothing else.
+pub struct Recorded<S: Stages> {
+    call: Prepared,
+    grant: S::Grant,
+}
+
+impl<S: Stages> Recorded<S> {
+    /// The call.
+    pub fn call(&self) -> &Prepared {
+        &self.call
+    }
+
+    /// What the allow rests on.
+    pub fn grant(&self) -> &S::Grant {
+        &self.grant
+    }
+}
+
+/// The hosted tools behind their guard and audit stage.
+pub struct Door<S: Stages> {
+    catalog: Arc<Catalog>,
+    stages: S,
+}
+
+impl<S: Stages> Door<S> {
+    /// Seals `registry` behind `stages`.
+    pub fn new(registry: Registry, stages: S) -> Self {
+        Door {
+            catalog: Arc::new(registry.into_catalog()),
+            stages,
+        }
+    }
+
+    /// What is hosted, for those who describe tools (tools/list, issuance) but never run them.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The guard and audit stage.
+    pub fn stages(&self) -> &S {
+        &self.stages
+    }
+
+    /// Stage 1: the tool must exist, the arguments must pass its schema, and its resource
+    /// function must accept them. Nothing here performs the tool's effect.
+    pub fn prepare(&self, name: &str, args: Option<Arguments>) -> Result<Prepared, CallError> {
+        self.catalog.prepare(name, args)
+    }
+
+    /// Stage 2: the guard decides.
+    pub fn authorize(
+        &self,
+        caller: &S::Caller,
+        call: Prepared,
+    ) -> Result<Authorized<S>, S::Denial> {
+        let grant = self.stages.authorize(caller, &call)?;
+        Ok(Authorized { call, grant })
+    }
+
+    /// Stage 3: the decision is recorded before the tool runs; a call that cannot be recorded
+    /// does not run.
+    pub fn record(
+        &self,
+        caller: &S::Caller,
+        call: Authorized<S>,
+    ) -> Result<Recorded<S>, S::Denial> {
+        self.stages.record(caller, &call.call, &call.grant)?;
+        Ok(Recorded {
+            call: call.call,
+            grant: call.grant,
+        })
+    }
+
+    /// Stage 4: runs a call that was authorized and recorded.
+    pub fn dispatch(&self, call: Recorded<S>, ctx: ToolContext) -> ToolFuture<'static> {
+        let Prepared {
+            tool,
+            args,
+            resource,
+        } = call.call;
+        Box::pin(async move { tool.call(ToolInput::new(args, resource, ctx)).await })
+    }
+}
+
+/// Why a call could not even be put before the guard.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No tool by that name: a protocol error (the request names nothing that exists).
+    #[error("unknown tool `{name}`; tools/list shows the tools this token can call")]
+    UnknownTool {
+        /// The name asked for.
+        name: String,
+    },
+    /// The arguments do not match the tool's schema, or name something the tool refuses. A tool
+    /// execution error (SEP-1303): the model reads which field and which rule.
+    #[error("invalid arguments for tool `{tool}`: {message}")]
+    InvalidArguments {
+        /// The tool.
+        tool: String,
+        /// The first offending field, dotted (`a.b`), empty for the arguments as a whole.
+        field: String,
+        /// The rule it broke: a JSON-schema keyword (`required`, `type`, ...), or `tool` when
+        /// the tool itself refused the value (a path outside its root, a bad pattern), with
+        /// the tool's reason in `message`.
+        rule: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `^[a-zA-Z0-9_-]{1,64}$`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Names the offending field of a schema error and the keyword it broke, and says what is
+/// wrong in words.
+fn describe_schema_error(error: &jsonschema::ValidationError<'_>) -> (String, String, String) {
+    let (field, message) = describe_field(error);
+    let rule = error.kind().keyword().to_owned();
+    (field, rule, message)
+}
+
+fn describe_field(error: &jsonschema::ValidationError<'_>) -> (String, String) {
+    let pointer = error.instance_path().to_string();
+    let mut field = pointer.trim_start_matches('/').replace('/', ".");
+    // A missing required property is reported at its parent; name the property itself.
+    if let jsonschema::error::ValidationErrorKind::Required { property } = error.kind() {
+        let prop = property
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| property.to_string());
+        field = if field.is_empty() {
+            prop
+        } else {
+            format!("{field}.{prop}")
+        };
+        return (field.clone(), format!("missing required field `{field}`"));
+    }
+    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+        error.kind()
+    {
+        let names = unexpected.join("`, `");
+        let first = unexpected.first().cloned().unwrap_or_default();
+        let field = if field.is_empty() {
+            first
+        } else {
+            format!("{field}.{first}")
+        };
+        return (field, format!("unexpected field `{names}`"));
+    }
+    if field.is_empty() {
+        return (field, format!("arguments: {error}"));
+    }
+    let message = format!("field `{field}`: {error}");
+    (field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tool::{DynamicTool, Operation, ToolOutput};
+    use serde_json::json;
+
+    fn echo() -> DynamicTool {
+        let schema = json!({
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "n": {"type": "integer"}},
+            "required": ["text"],
+            "additionalProperties": false
+        });
+        let Value::Object(schema) = schema else {
+            unreachable!()
+        };
+        DynamicTool::new(
+            ToolSpec::new("echo", "echoes", Operation::Read, schema),
+            |args, _r, _c| async move { Ok(ToolOutput::structured(Value::Object(args))) },
+        )
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_tool_name("fs_read"));
+        assert!(valid_tool_name("a-b_C9"));
+        assert!(!valid_tool_name(""));
+        assert!(!valid_tool_name("has space"));
+        assert!(!valid_tool_name("dotted.name"));
+        assert!(!valid_tool_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let mut reg = Registry::new();
+        reg.register(echo()).unwrap();
+        let reg = reg.into_catalog();
+        let missing = reg.prepare("echo", None).err().unwrap();
+        match missing {
+            CallError::InvalidArguments {
+                field,
+                rule,
+                message,
+                ..
+            } => {
+                assert_eq!(field, "text");
+                assert_eq!(rule, "required");
+                assert!(
+                    message.contains("missing required field `text`"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let Value::Object(wrong) = json!({"text": 5}) else {
+            unreachable!()
+        };
+        match reg.prepare("echo", Some(wrong)).err().unwrap() {
+            CallError::InvalidArguments { field, .. } => assert_eq!(field, "text"),
+            other => panic!("{other:?}"),
+        }
+        let Value::Object(extra) = json!({"text": "a", "zzz": 1}) else {
+            unreachable!()
+        };
+        match reg.prepare("echo", Some(extra)).err().unwrap() {
+            CallError::InvalidArguments { field, message, .. } => {
+                assert_eq!(field, "zzz");
+                assert!(message.contains("unexpected field"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            reg.prepare("nope", None),
+            Err(CallError::UnknownTool { .. })
+        ));
+    }
+
+    #[test]
+    fn registration_refuses_bad_tools() {
+        let mut reg = Registry::new();
+        reg.register(echo()).unwrap();
+        assert!(reg.register(echo()).is_err(), "duplicate");
+        let Value::Object(schema) = json!({"type": "object"}) else {
+            unreachable!()
+        };
+        let reserved = DynamicTool::new(
+            ToolSpec::new("task_begin", "x", Operation::Read, schema.clone()),
+            |_a, _r, _c| async move { Ok(ToolOutput::text("")) },
+        );
+        assert!(reg.register(reserved).is_err());
+        let Value::Object(not_object) = json!({"type": "string"}) else {
+            unreachable!()
+        };
+        let bad = DynamicTool::new(
+            ToolSpec::new("bad", "x", Operation::Read, not_object),
+            |_a, _r, _c| async move { Ok(ToolOutput::text("")) },
+        );
+        assert!(reg.register(bad).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! capgate-core: what tool authors and every layer of capgate share.
+//!
+//! * [`tool`]: the Tool API ([`Tool`], [`TypedTool`], [`DynamicTool`], [`ToolSpec`],
+//!   [`Resource`], [`Operation`], outputs and errors);
+//! * [`door`]: the one way to run a hosted tool: a [`Registry`] sealed into a [`Door`] whose
+//!   stages (the guard, the audit) every call passes, in order, as types;
+//! * [`context`]: what a running tool may do besides its work (progress, logging,
+//!   cancellation, nested calls);
+//! * [`task`]: tasks as agents ask for them, issuance grants them and the store keeps them;
+//! * [`vocab`]: the Biscuit vocabulary, one constant per fact;
+//! * [`time`]: time as tokens and records spell it;
+//! * [`section`]: the config section a tool pack owns.
+//!
+//! Invariant: nothing here decides or records anything. The core holds the door and the words;
+//! the layers above supply the guard (capgate-authz) and the audit log (capgate-server).
+
+pub mod context;
+pub mod door;
+pub mod error;
+pub mod section;
+pub mod task;
+pub mod time;
+pub mod tool;
+pub mod vocab;
+
+pub use context::{ContextParts, LogLevel, NestedCalls, ToolContext};
+pub use door::{CallError, Catalog, Door, Prepared, Registry, Stages};
+pub use error::Error;
+pub use section::Section;
+pub use tool::{
+    Arguments, Content, DynamicTool, Operation, Resource, Tool, ToolError, ToolFuture, ToolInput,
+    ToolOutput, ToolSpec, TypedTool, schema_of, str_arg,
+};
+
+/// The MCP model types, for tool authors.
+pub use rmcp;

@@ -1,0 +1,162 @@
+//! Tasks: what an agent asks for, what issuance grants, and the record the store keeps.
+//!
+//! Invariant: a [`TaskRecord`] never holds the task token (a bearer secret), only the
+//! revocation id of the task's block, which is how every token derived from it is recognized
+//! and revoked.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::time::{parse_duration, rfc3339, unix_seconds};
+
+/// What an agent declares when it asks for a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intent {
+    /// Why the task exists, in words. Shown beside what the task did.
+    pub purpose: String,
+    /// Tools the task needs.
+    pub tools: Vec<String>,
+    /// Resource prefixes per tool, as written by the requester (canonicalized at issuance).
+    /// A tool without an entry asks for everything its agent may touch with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, Vec<String>>,
+    /// Lifetime: seconds, or a duration such as `"15m"`. Default `[policy] default_task_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Ttl>,
+    /// The person or system the task acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// Who approved the task's side effects, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// The tenant the task acts for; default: the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// A lifetime as seconds or as a human duration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Ttl {
+    /// Whole seconds.
+    Seconds(u64),
+    /// `"90s"`, `"15m"`, `"1h"`.
+    Text(String),
+}
+
+impl Ttl {
+    /// The lifetime, or why it is not one.
+    pub fn duration(&self) -> Result<Duration, String> {
+        match self {
+            Ttl::Seconds(s) => Ok(Duration::from_secs(*s)),
+            Ttl::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// What issuance granted a task: the block appended to the agent token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskGrant {
+    /// The task's id.
+    pub task_id: String,
+    /// Granted tools with their canonical resource prefixes (`""` = all of the tool's resources).
+    pub tools: BTreeMap<String, Vec<String>>,
+    /// When the task's access ends.
+    #[serde(with = "unix_seconds")]
+    pub expires_at: SystemTime,
+}
+
+/// Why a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// Someone ended it (HTTP `DELETE`, `capgate task end`, in-band `task_end`).
+    Completed,
+    /// Its time ran out.
+    Expired,
+    /// It was revoked without being completed (for instance its agent token was revoked).
+    Revoked,
+}
+
+impl EndReason {
+    /// `completed`, `expired` or `revoked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+        }
+    }
+
+    /// Parses [`EndReason::as_str`] back.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "completed" => Some(EndReason::Completed),
+            "expired" => Some(EndReason::Expired),
+            "revoked" => Some(EndReason::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One task, as stored. The task token itself is never stored: it is a bearer secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: String,
+    /// The agent it was issued to.
+    pub agent: String,
+    /// The agent's tenant.
+    pub tenant: String,
+    /// Revocation id (hex) of the task block: the task's identity inside tokens.
+    pub revocation_id: String,
+    /// What was asked for.
+    pub intent: Intent,
+    /// What was granted.
+    pub grant: TaskGrant,
+    /// Issuance time.
+    #[serde(serialize_with = "ser_time")]
+    pub created_at: SystemTime,
+    /// When access ends.
+    #[serde(serialize_with = "ser_time")]
+    pub expires_at: SystemTime,
+    /// When it ended, if it has.
+    #[serde(serialize_with = "ser_opt_time")]
+    pub ended_at: Option<SystemTime>,
+    /// Why it ended.
+    pub end_reason: Option<EndReason>,
+    /// The task's trace id (32 hex), fixed at issuance.
+    pub trace_id: String,
+    /// The task's root span id (16 hex), fixed at issuance.
+    pub span_id: String,
+}
+
+impl TaskRecord {
+    /// Was this tool and resource inside what the task declared (its intent, as canonicalized
+    /// into the grant)?
+    pub fn declares(&self, tool: &str, resource: &str) -> bool {
+        self.intent.tools.iter().any(|t| t == tool)
+            && self
+                .grant
+                .tools
+                .get(tool)
+                .is_some_and(|prefixes| prefixes.iter().any(|p| resource.starts_with(p.as_str())))
+    }
+
+    /// Active = not ended and not past its expiry.
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        self.ended_at.is_none() && now <= self.expires_at
+    }
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ser_time(t, s),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,116 @@
+//! `[tools.<pack>]`: the config tables tool packs own. capgate-server keeps them as raw TOML and
+//! hands each to the pack that claims it, which parses it into its own typed struct
+//! ([`capgate_core::Section`]); a table no pack claims is refused at startup.
+//!
+//! Invariant: a section is parsed with the same rules as the rest of the file: unknown keys are
+//! refused and the error names the file and the dotted key (`tools.fs.root`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use capgate_core::Section;
+use serde::Deserialize;
+
+use super::load::{explain, key_of};
+use crate::error::Error;
+
+/// The `[tools.*]` tables, by pack name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct ToolSections {
+    tables: BTreeMap<String, toml::Value>,
+    /// The file, for messages, and its directory, for relative paths (set by the loader).
+    #[serde(skip)]
+    origin: (String, PathBuf),
+    /// Which tables a pack has taken.
+    #[serde(skip)]
+    claimed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl ToolSections {
+    pub(super) fn attach(&mut self, file: String, base: PathBuf) {
+        self.origin = (file, base);
+    }
+
+    /// The directory relative paths in sections are resolved against.
+    pub fn base(&self) -> &Path {
+        &self.origin.1
+    }
+
+    /// Parses `[tools.<name>]` (its defaults when the file has none) and marks it claimed.
+    pub fn section<T: Section>(&self, name: &str) -> Result<T, Error> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        let file = &self.origin.0;
+        let mut section: T = match self.tables.get(name) {
+            None => T::default(),
+            Some(table) => serde_path_to_error::deserialize(table.clone()).map_err(|e| {
+                let inner = key_of(e.path());
+                Error::Config {
+                    file: file.clone(),
+                    key: if inner.is_empty() {
+                        format!("tools.{name}")
+                    } else {
+                        format!("tools.{name}.{inner}")
+                    },
+                    message: explain(e.inner().message()),
+                }
+            })?,
+        };
+        let mut problems = section.finish(self.base());
+        if problems.is_empty() {
+            return Ok(section);
+        }
+        let (key, message) = problems.remove(0);
+        let more: Vec<String> = problems
+            .iter()
+            .map(|(k, m)| format!("`tools.{name}.{k}`: {m}"))
+            .collect();
+        Err(Error::Config {
+            file: file.clone(),
+            key: format!("tools.{name}.{key}"),
+            message: if more.is_empty() {
+                message
+            } else {
+                format!("{message}; {}", more.join("; "))
+            },
+        })
+    }
+
+    /// The names of tables no pack has claimed: typos, or packs this binary does not have.
+    pub fn unclaimed(&self) -> Vec<String> {
+        let claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        self.tables
+            .keys()
+            .filter(|k| !claimed.contains(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// Refuses tables no pack claimed, naming what is known.
+    pub fn check_claimed(&self) -> Result<(), Error> {
+        let unclaimed = self.unclaimed();
+        if unclaimed.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<String> = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Err(Error::Config {
+            file: self.origin.0.clone(),
+            key: format!("tools.{}", unclaimed[0]),
+            message: format!(
+                "no tool pack of this capgate reads [tools.{}]; known: {}",
+                unclaimed.join("], [tools."),
+                known.join(", ")
+            ),
+        })
+    }
+}

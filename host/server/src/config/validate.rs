@@ -1,0 +1,116 @@
+//! What serde cannot check: ranges, relations between keys, overlapping tenants.
+
+use super::Config;
+use crate::error::Error;
+
+impl Config {
+    /// Checks what serde cannot: ranges, relations between keys, non-overlapping tenants.
+    /// Reports every problem at once.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: &str, msg: String| problems.push((key.to_owned(), msg));
+        if self.server.max_request_bytes < 1024 {
+            bad(
+                "server.max_request_bytes",
+                "expected at least 1024 bytes".into(),
+            );
+        }
+        if self.server.allowed_hosts.is_empty() {
+            bad(
+                "server.allowed_hosts",
+                "expected at least one host name; [\"*\"] accepts any Host, which turns DNS-rebinding protection off".into(),
+            );
+        }
+        if self
+            .server
+            .allowed_hosts
+            .iter()
+            .any(|h| h.trim().is_empty())
+        {
+            bad(
+                "server.allowed_hosts",
+                "expected non-empty host names".into(),
+            );
+        }
+        for origin in &self.server.allowed_origins {
+            if origin != "null" && !origin.contains("://") {
+                bad(
+                    "server.allowed_origins",
+                    format!("`{origin}`: expected scheme://host[:port], or \"null\""),
+                );
+            }
+        }
+        if self.policy.max_task_ttl.is_zero() {
+            bad(
+                "policy.max_task_ttl",
+                "expected a positive duration such as \"1h\"".into(),
+            );
+        }
+        if self.policy.default_task_ttl.is_zero() {
+            bad(
+                "policy.default_task_ttl",
+                "expected a positive duration such as \"15m\"".into(),
+            );
+        }
+        if self.guard.max_facts == 0 {
+            bad("guard.max_facts", "expected a positive number".into());
+        }
+        if self.guard.max_iterations == 0 {
+            bad("guard.max_iterations", "expected a positive number".into());
+        }
+        if self.guard.max_time.is_zero() {
+            bad(
+                "guard.max_time",
+                "expected a positive duration such as \"20ms\"".into(),
+            );
+        }
+        if self.guard.token_cache_entries == 0 {
+            bad(
+                "guard.token_cache_entries",
+                "expected a positive number".into(),
+            );
+        }
+        if self.audit.max_bytes < 4096 {
+            bad("audit.max_bytes", "expected at least 4096 bytes".into());
+        }
+        if let Some(p) = &self.telemetry.otlp_protocol
+            && !matches!(p.as_str(), "grpc" | "http/protobuf")
+        {
+            bad(
+                "telemetry.otlp_protocol",
+                format!("`{p}`: expected \"grpc\" or \"http/protobuf\""),
+            );
+        }
+        for (name, tenant) in &self.tenants {
+            if name.is_empty() {
+                bad("tenants", "expected non-empty tenant names".into());
+            }
+            if tenant.resources.iter().any(String::is_empty) {
+                bad(
+                    &format!("tenants.{name}.resources"),
+                    "an empty prefix would claim every resource; name the tenant's resources"
+                        .into(),
+                );
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let file = self.source.describe();
+        if problems.len() == 1 {
+            let (key, message) = problems.remove(0);
+            return Err(Error::Config { file, key, message });
+        }
+        let message = problems
+            .iter()
+            .map(|(k, m)| format!("`{k}`: {m}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Error::Config {
+            file,
+            key: problems[0].0.clone(),
+            message,
+        })
+    }
+
+}

@@ -1,0 +1,234 @@
+//! The call pipeline: every tool call (from a client, a nested tool, an in-process caller)
+//! takes the same path through the door, `prepare → authorize → record → dispatch`, with
+//! telemetry observing between the stages.
+//!
+//! Invariant: the door's stages are the guard and the audit log ([`HostStages`]), fixed when
+//! the host is built, so no call reaches a tool without the guard's allow and its audit line;
+//! a nested call comes back through here with its caller's credential.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capgate_authz::{CallEnv, Denial, Grant, Guard, Transport, VerifiedToken};
+use capgate_core::context::{ContextParts, LogLevel, NestedCalls, NestedFuture};
+use capgate_core::door::{CallError, Door, Prepared, Stages};
+use capgate_core::{Arguments, ToolContext, ToolError, ToolOutput};
+use rmcp::model::ProgressToken;
+use rmcp::service::RoleServer;
+use rmcp::Peer;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::host::HostInner;
+use crate::telemetry::{CallRecord, Telemetry};
+
+/// Deepest nesting of tool-calls-tool.
+const MAX_CALL_DEPTH: u8 = 8;
+
+/// The door's stages in a running host: capgate-authz's guard decides, the audit log records.
+pub struct HostStages {
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) telemetry: Arc<Telemetry>,
+}
+
+impl HostStages {
+    /// The guard.
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
+    }
+}
+
+/// What a call is judged by: a verified token (already narrowed to the call's credential) and
+/// where the call came from.
+pub struct Caller {
+    /// The token.
+    pub token: Arc<VerifiedToken>,
+    /// Transport and session.
+    pub env: CallEnv,
+}
+
+impl Stages for HostStages {
+    type Caller = Caller;
+    type Grant = Grant;
+    type Denial = Box<Denial>;
+
+    fn authorize(&self, caller: &Caller, call: &Prepared) -> Result<Grant, Box<Denial>> {
+        self.guard.decide(&caller.token, call, &caller.env)
+    }
+
+    fn record(&self, caller: &Caller, call: &Prepared, grant: &Grant) -> Result<(), Box<Denial>> {
+        self.telemetry.record_allowed(call, grant, &caller.env)
+    }
+}
+
+/// The door of a running host.
+pub type HostDoor = Door<HostStages>;
+
+/// One tools/call as the pipeline sees it.
+pub(crate) struct CallRequest {
+    pub(crate) name: String,
+    pub(crate) args: Option<Arguments>,
+    pub(crate) request_id: String,
+    pub(crate) protocol: Option<String>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) progress_token: Option<ProgressToken>,
+    pub(crate) depth: u8,
+}
+
+/// The client side of a call: where progress and logs go, and what cancels it.
+#[derive(Clone, Default)]
+pub(crate) struct Delivery {
+    pub(crate) peer: Option<Peer<RoleServer>>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) log_level: LogLevel,
+}
+
+/// How a call ended.
+pub(crate) enum CallOutcome {
+    /// The tool name or the arguments were unusable; the guard was not consulted.
+    Invalid(CallError),
+    /// The guard refused, or the decision could not be recorded; the tool did not run.
+    Denied(Box<Denial>),
+    /// The tool ran.
+    Ran(Result<ToolOutput, ToolError>),
+}
+
+/// Runs one call through the door.
+pub(crate) async fn run_call(
+    host: &Arc<HostInner>,
+    caller: &Caller,
+    call: CallRequest,
+    delivery: Delivery,
+) -> CallOutcome {
+    let telemetry = &host.telemetry;
+    let door = &host.door;
+    let started = Instant::now();
+    // The task is looked up before the span exists, because a call span's parent is the task's
+    // root span (unless the caller sent trace context).
+    let task_hint = host.ledger.task_of(&caller.token).ok().flatten();
+    let span = telemetry.call_span(&CallRecord {
+        tool: &call.name,
+        request_id: &call.request_id,
+        protocol: call.protocol.as_deref(),
+        // Only streamable HTTP has MCP sessions; stdio's id is capgate's own, for the `session`
+        // fact, and not an `mcp.session.id`.
+        session: Some(&caller.env.session)
+            .filter(|s| caller.env.transport == Transport::Http && s.as_ref() != "none")
+            .map(|s| s.as_ref()),
+        transport: caller.env.transport,
+        traceparent: call.traceparent.as_deref(),
+        task: task_hint.as_deref(),
+        token: &caller.token,
+        nested: call.depth > 0,
+    });
+    async {
+        let prepared = match door.prepare(&call.name, call.args) {
+            Ok(p) => p,
+            Err(e) => {
+                telemetry.call_invalid(
+                    &caller.token,
+                    task_hint.as_deref(),
+                    &call.name,
+                    &e,
+                    &caller.env,
+                    started,
+                );
+                return CallOutcome::Invalid(e);
+            }
+        };
+        let guard_started = Instant::now();
+        let decision = door.authorize(caller, prepared);
+        let guard_time = guard_started.elapsed();
+        let authorized = match decision {
+            Ok(a) => a,
+            Err(denial) => {
+                telemetry.call_denied(&caller.token, &denial, &caller.env, guard_time, started);
+                return CallOutcome::Denied(denial);
+            }
+        };
+        let recorded = match door.record(caller, authorized) {
+            Ok(r) => r,
+            Err(denial) => {
+                telemetry.call_denied(&caller.token, &denial, &caller.env, Duration::ZERO, started);
+                return CallOutcome::Denied(denial);
+            }
+        };
+        telemetry.call_allowed(recorded.call(), recorded.grant(), guard_time);
+        let tool = recorded.call().spec().name.clone();
+        let ctx = ToolContext::new(
+            &tool,
+            ContextParts {
+                peer: delivery.peer,
+                progress_token: call.progress_token,
+                log_level: delivery.log_level.clone(),
+                cancel: delivery.cancel,
+                nested: Some(Arc::new(NestedCaller {
+                    host: Arc::clone(host),
+                    caller: Caller {
+                        token: Arc::clone(&caller.token),
+                        env: caller.env.clone(),
+                    },
+                    depth: call.depth,
+                    log_level: delivery.log_level,
+                })),
+            },
+        );
+        let exec_span = telemetry.execution_span(&tool);
+        let result = door.dispatch(recorded, ctx).instrument(exec_span.clone()).await;
+        telemetry.call_finished(&tool, &result, &exec_span, &caller.env, started);
+        CallOutcome::Ran(result)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Where a running tool's own tool calls go: back through the pipeline, with its caller's
+/// credential, one level deeper.
+struct NestedCaller {
+    host: Arc<HostInner>,
+    caller: Caller,
+    depth: u8,
+    log_level: LogLevel,
+}
+
+impl NestedCalls for NestedCaller {
+    fn call<'a>(
+        &'a self,
+        caller: &'a str,
+        name: &'a str,
+        args: Arguments,
+        peer: Option<Peer<RoleServer>>,
+        cancel: CancellationToken,
+    ) -> NestedFuture<'a> {
+        Box::pin(async move {
+            if self.depth >= MAX_CALL_DEPTH {
+                return Err(ToolError::failed(format!(
+                    "tool calls nest deeper than {MAX_CALL_DEPTH}; refusing `{name}`"
+                )));
+            }
+            let call = CallRequest {
+                name: name.to_owned(),
+                args: Some(args),
+                request_id: format!("nested:{caller}"),
+                protocol: None,
+                traceparent: None,
+                progress_token: None,
+                depth: self.depth + 1,
+            };
+            let delivery = Delivery {
+                peer,
+                cancel,
+                log_level: self.log_level.clone(),
+            };
+            match run_call(&self.host, &self.caller, call, delivery).await {
+                CallOutcome::Ran(Ok(out)) => Ok(out),
+                CallOutcome::Ran(Err(e)) => Err(ToolError::failed(format!("`{name}` failed: {e}"))),
+                CallOutcome::Denied(d) => Err(ToolError::failed(format!(
+                    "`{name}` was denied: {}",
+                    d.message
+                ))),
+                CallOutcome::Invalid(e) => Err(ToolError::failed(format!("`{name}`: {e}"))),
+            }
+        })
+    }
+}

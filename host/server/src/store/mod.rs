@@ -1,0 +1,120 @@
+//! The task store: task records, revocations and per-task usage, behind a trait.
+//!
+//! The default is one SQLite file under the state directory ([`SqliteStore`]; WAL mode, so the
+//! CLI and a running server can share it). Invariant: ending a task and revoking its block
+//! happen in one transaction, so there is never an ended task whose token still works, nor a
+//! revoked block whose task still looks active; and a task is ended at most once, so exactly
+//! one process reports its end.
+
+mod sqlite;
+
+use std::time::SystemTime;
+
+use capgate_core::task::{EndReason, TaskRecord};
+
+use crate::error::Error;
+
+pub use sqlite::SqliteStore;
+
+/// A revoked block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Revocation id, hex.
+    pub id: String,
+    /// Why.
+    pub reason: String,
+    /// The task whose block it is, if any.
+    pub task_id: Option<String>,
+}
+
+/// Calls made under a task, per tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ToolUsage {
+    /// The tool.
+    pub tool: String,
+    /// Calls put to the guard.
+    pub calls: u64,
+    /// Calls the guard allowed.
+    pub allowed: u64,
+    /// Calls the guard denied.
+    pub denied: u64,
+    /// Calls outside what the task declared (tool or resource).
+    pub out_of_intent: u64,
+}
+
+/// Calls to add to a task's usage for one tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The task.
+    pub task_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Calls put to the guard.
+    pub calls: u64,
+    /// Of which allowed.
+    pub allowed: u64,
+    /// Of which denied.
+    pub denied: u64,
+    /// Of which outside the declared intent.
+    pub out_of_intent: u64,
+}
+
+impl UsageDelta {
+    /// No calls yet.
+    pub fn new(task_id: &str, tool: &str) -> Self {
+        UsageDelta {
+            task_id: task_id.to_owned(),
+            tool: tool.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Counts one call.
+    pub fn add_call(&mut self, allowed: bool, out_of_intent: bool) {
+        self.calls += 1;
+        if allowed {
+            self.allowed += 1;
+        } else {
+            self.denied += 1;
+        }
+        if out_of_intent {
+            self.out_of_intent += 1;
+        }
+    }
+}
+
+/// Where tasks and revocations live. The SQLite store is the default; a shared database can
+/// replace it for several replicas.
+pub trait TaskStore: Send + Sync {
+    /// Stores a newly issued task.
+    fn insert_task(&self, task: &TaskRecord) -> Result<(), Error>;
+    /// A task by id.
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error>;
+    /// The task whose block has this revocation id.
+    fn task_by_revocation_id(&self, revocation_id: &str) -> Result<Option<TaskRecord>, Error>;
+    /// Recent tasks, newest first.
+    fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error>;
+    /// Tasks not ended whose expiry has passed.
+    fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error>;
+    /// Ends a task and revokes its block, atomically. Returns the ended record when this call
+    /// ended it, `None` when it was already ended (or does not exist).
+    fn end_task(
+        &self,
+        id: &str,
+        reason: EndReason,
+        at: SystemTime,
+    ) -> Result<Option<TaskRecord>, Error>;
+    /// Revokes a block by revocation id (e.g. an agent token's authority block); `false` when
+    /// it already was (nothing changed).
+    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, Error>;
+    /// Every revocation.
+    fn revocations(&self) -> Result<Vec<Revocation>, Error>;
+    /// Adds calls to tasks' usage.
+    fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error>;
+    /// A task's usage, per tool.
+    fn usage(&self, task_id: &str) -> Result<Vec<ToolUsage>, Error>;
+    /// A number that changes whenever any process writes a revocation (ending a task writes
+    /// one), so that cached revocations and tasks can be refreshed cheaply and only when needed.
+    fn change_counter(&self) -> Result<u64, Error>;
+}
+

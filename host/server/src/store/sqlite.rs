@@ -1,0 +1,507 @@
+//! The embedded SQLite store: one file under the state directory, shared by the server and the
+//! CLI through WAL mode.
+//!
+//! Invariant: every write that must be atomic (ending a task with its revocation, a revocation
+//! with the revision counter) is one transaction, and every error keeps the SQLite error as its
+//! source.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use capgate_core::task::{EndReason, TaskRecord};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Revocation, TaskStore, ToolUsage, UsageDelta};
+use crate::error::Error;
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        let conn = Connection::open(path).map_err(|source| Error::Store {
+            path: path.to_path_buf(),
+            doing: "opening",
+            source,
+        })?;
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        let conn = self.lock();
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(self.fail("migrating the schema"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(self.fail("migrating the schema"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.fail("migrating the schema"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS tasks (
+                    id            TEXT PRIMARY KEY,
+                    agent         TEXT NOT NULL,
+                    tenant        TEXT NOT NULL,
+                    revocation_id TEXT NOT NULL UNIQUE,
+                    intent        TEXT NOT NULL,
+                    grant_json    TEXT NOT NULL,
+                    created_at    INTEGER NOT NULL,
+                    expires_at    INTEGER NOT NULL,
+                    ended_at      INTEGER,
+                    end_reason    TEXT,
+                    trace_id      TEXT NOT NULL,
+                    span_id       TEXT NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (expires_at) WHERE ended_at IS NULL;
+                 CREATE TABLE IF NOT EXISTS revocations (
+                    revocation_id TEXT PRIMARY KEY,
+                    reason        TEXT NOT NULL,
+                    task_id       TEXT,
+                    revoked_at    INTEGER NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS usage (
+                    task_id       TEXT NOT NULL,
+                    tool          TEXT NOT NULL,
+                    calls         INTEGER NOT NULL DEFAULT 0,
+                    allowed       INTEGER NOT NULL DEFAULT 0,
+                    denied        INTEGER NOT NULL DEFAULT 0,
+                    out_of_intent INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (task_id, tool)
+                 );
+                 -- Bumped with every revocation, so that other processes notice exactly those
+                 -- (and not, say, usage counters being written).
+                 CREATE TABLE IF NOT EXISTS revision (
+                    id            INTEGER PRIMARY KEY CHECK (id = 0),
+                    value         INTEGER NOT NULL
+                 );
+                 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(self.fail("migrating the schema"))?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error of a failed SQLite call, with what capgate was doing.
+    fn fail(&self, doing: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Store {
+            path: self.path.clone(),
+            doing,
+            source,
+        }
+    }
+}
+
+/// Times are stored as Unix milliseconds: a task span's start must match the real issuance, not
+/// the second it fell in.
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+macro_rules! task_columns {
+    () => {
+        "id, agent, tenant, revocation_id, intent, grant_json, created_at, expires_at, ended_at, \
+         end_reason, trace_id, span_id"
+    };
+}
+
+const BUMP_REVISION: &str = "UPDATE revision SET value = value + 1 WHERE id = 0";
+
+// Statements are constants so that the connection's statement cache (`prepare_cached`) parses
+// each once: the task lookup and the insert sit on the issuance and first-call paths.
+const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (",
+    task_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+);
+const TASK_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
+const TASK_BY_REVOCATION_ID: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE revocation_id = ?1"
+);
+const RECENT_TASKS: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks ORDER BY created_at DESC, id LIMIT ?1"
+);
+const EXPIRED_UNENDED: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE ended_at IS NULL AND expires_at < ?1"
+);
+
+fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let intent: String = row.get(4)?;
+    let grant: String = row.get(5)?;
+    let bad = |col: usize, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let end_reason: Option<String> = row.get(9)?;
+    Ok(TaskRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        tenant: row.get(2)?,
+        revocation_id: row.get(3)?,
+        intent: serde_json::from_str(&intent).map_err(|e| bad(4, e))?,
+        grant: serde_json::from_str(&grant).map_err(|e| bad(5, e))?,
+        created_at: from_millis(row.get(6)?),
+        expires_at: from_millis(row.get(7)?),
+        ended_at: row.get::<_, Option<i64>>(8)?.map(from_millis),
+        end_reason: end_reason.as_deref().and_then(EndReason::parse),
+        trace_id: row.get(10)?,
+        span_id: row.get(11)?,
+    })
+}
+
+impl TaskStore for SqliteStore {
+    fn insert_task(&self, t: &TaskRecord) -> Result<(), Error> {
+        let record = |what| {
+            move |source| Error::Record {
+                path: self.path.clone(),
+                what,
+                source,
+            }
+        };
+        let intent = serde_json::to_string(&t.intent).map_err(record("intent"))?;
+        let grant = serde_json::to_string(&t.grant).map_err(record("grant"))?;
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(INSERT_TASK).map_err(self.fail("storing a task"))?;
+        stmt.execute(params![
+            t.id,
+            t.agent,
+            t.tenant,
+            t.revocation_id,
+            intent,
+            grant,
+            millis(t.created_at),
+            millis(t.expires_at),
+            t.ended_at.map(millis),
+            t.end_reason.map(EndReason::as_str),
+            t.trace_id,
+            t.span_id
+        ])
+        .map_err(self.fail("storing a task"))?;
+        Ok(())
+    }
+
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(TASK_BY_ID).map_err(self.fail("reading a task"))?;
+        stmt.query_row([id], row_to_task)
+            .optional()
+            .map_err(self.fail("reading a task"))
+    }
+
+    fn task_by_revocation_id(&self, revocation_id: &str) -> Result<Option<TaskRecord>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(TASK_BY_REVOCATION_ID)
+            .map_err(self.fail("reading a task"))?;
+        stmt.query_row([revocation_id], row_to_task)
+            .optional()
+            .map_err(self.fail("reading a task"))
+    }
+
+    fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(RECENT_TASKS).map_err(self.fail("listing tasks"))?;
+        let rows = stmt
+            .query_map([limit as i64], row_to_task)
+            .map_err(self.fail("listing tasks"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("listing tasks"))
+    }
+
+    fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(EXPIRED_UNENDED)
+            .map_err(self.fail("finding expired tasks"))?;
+        let rows = stmt
+            .query_map([millis(now)], row_to_task)
+            .map_err(self.fail("finding expired tasks"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("finding expired tasks"))
+    }
+
+    fn end_task(
+        &self,
+        id: &str,
+        reason: EndReason,
+        at: SystemTime,
+    ) -> Result<Option<TaskRecord>, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.fail("ending a task"))?;
+        let changed = tx
+            .execute(
+                "UPDATE tasks SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
+                params![id, millis(at), reason.as_str()],
+            )
+            .map_err(self.fail("ending a task"))?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let task = tx
+            .query_row(TASK_BY_ID, [id], row_to_task)
+            .map_err(self.fail("ending a task"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                task.revocation_id,
+                format!("task {}", reason.as_str()),
+                task.id,
+                millis(at)
+            ],
+        )
+        .map_err(self.fail("ending a task"))?;
+        tx.execute(BUMP_REVISION, []).map_err(self.fail("ending a task"))?;
+        tx.commit().map_err(self.fail("ending a task"))?;
+        Ok(Some(task))
+    }
+
+    fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.fail("revoking a block"))?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, NULL, ?3)",
+                params![revocation_id, reason, millis(SystemTime::now())],
+            )
+            .map_err(self.fail("revoking a block"))?;
+        if inserted > 0 {
+            tx.execute(BUMP_REVISION, []).map_err(self.fail("revoking a block"))?;
+        }
+        tx.commit().map_err(self.fail("revoking a block"))?;
+        Ok(inserted > 0)
+    }
+
+    fn revocations(&self) -> Result<Vec<Revocation>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT revocation_id, reason, task_id FROM revocations")
+            .map_err(self.fail("reading revocations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Revocation {
+                    id: r.get(0)?,
+                    reason: r.get(1)?,
+                    task_id: r.get(2)?,
+                })
+            })
+            .map_err(self.fail("reading revocations"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("reading revocations"))
+    }
+
+    fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.fail("writing usage"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage (task_id, tool, calls, allowed, denied, out_of_intent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (task_id, tool) DO UPDATE SET
+                        calls = calls + excluded.calls,
+                        allowed = allowed + excluded.allowed,
+                        denied = denied + excluded.denied,
+                        out_of_intent = out_of_intent + excluded.out_of_intent",
+                )
+                .map_err(self.fail("writing usage"))?;
+            for d in deltas {
+                stmt.execute(params![
+                    d.task_id,
+                    d.tool,
+                    d.calls as i64,
+                    d.allowed as i64,
+                    d.denied as i64,
+                    d.out_of_intent as i64
+                ])
+                .map_err(self.fail("writing usage"))?;
+            }
+        }
+        tx.commit().map_err(self.fail("writing usage"))
+    }
+
+    fn usage(&self, task_id: &str) -> Result<Vec<ToolUsage>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT tool, calls, allowed, denied, out_of_intent FROM usage WHERE task_id = ?1 ORDER BY tool",
+            )
+            .map_err(self.fail("reading usage"))?;
+        let rows = stmt
+            .query_map([task_id], |r| {
+                Ok(ToolUsage {
+                    tool: r.get(0)?,
+                    calls: r.get::<_, i64>(1)? as u64,
+                    allowed: r.get::<_, i64>(2)? as u64,
+                    denied: r.get::<_, i64>(3)? as u64,
+                    out_of_intent: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(self.fail("reading usage"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("reading usage"))
+    }
+
+    fn change_counter(&self) -> Result<u64, Error> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT value FROM revision WHERE id = 0")
+            .map_err(self.fail("reading the revision counter"))?;
+        stmt.query_row([], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(self.fail("reading the revision counter"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capgate_core::task::{Intent, TaskGrant};
+    use std::collections::BTreeMap;
+
+    fn record(id: &str, rid: &str, expires_in: i64) -> TaskRecord {
+        let now = SystemTime::now();
+        let expires_at = if expires_in >= 0 {
+            now + Duration::from_secs(expires_in as u64)
+        } else {
+            now - Duration::from_secs((-expires_in) as u64)
+        };
+        let mut tools = BTreeMap::new();
+        tools.insert("fs_read".to_owned(), vec!["/ws/".to_owned()]);
+        TaskRecord {
+            id: id.into(),
+            agent: "a".into(),
+            tenant: "t".into(),
+            revocation_id: rid.into(),
+            intent: Intent {
+                purpose: "p".into(),
+                tools: vec!["fs_read".into()],
+                ..Intent::default()
+            },
+            grant: TaskGrant {
+                task_id: id.into(),
+                tools,
+                expires_at,
+            },
+            created_at: now,
+            expires_at,
+            ended_at: None,
+            end_reason: None,
+            trace_id: "0".repeat(32),
+            span_id: "1".repeat(16),
+        }
+    }
+
+    #[test]
+    fn ending_revokes_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_task(&record("t1", "aa", 60)).unwrap();
+            assert!(s.task("t1").unwrap().unwrap().is_active(SystemTime::now()));
+            let ended = s
+                .end_task("t1", EndReason::Completed, SystemTime::now())
+                .unwrap();
+            assert!(ended.is_some());
+            assert!(
+                s.end_task("t1", EndReason::Completed, SystemTime::now())
+                    .unwrap()
+                    .is_none(),
+                "a task ends once"
+            );
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let revs = s.revocations().unwrap();
+        assert_eq!(revs.len(), 1);
+        assert_eq!(revs[0].id, "aa");
+        assert_eq!(revs[0].task_id.as_deref(), Some("t1"));
+        let t = s.task_by_revocation_id("aa").unwrap().unwrap();
+        assert_eq!(t.end_reason, Some(EndReason::Completed));
+    }
+
+    #[test]
+    fn expired_tasks_are_found_and_usage_adds_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        s.insert_task(&record("old", "01", -5)).unwrap();
+        s.insert_task(&record("new", "02", 60)).unwrap();
+        let expired = s.expired_unended(SystemTime::now()).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].id, "old");
+        let mut d = UsageDelta::new("new", "fs_read");
+        d.add_call(true, false);
+        d.add_call(false, true);
+        s.add_usage(&[d]).unwrap();
+        let mut d = UsageDelta::new("new", "fs_read");
+        d.add_call(true, false);
+        s.add_usage(&[d]).unwrap();
+        let u = s.usage("new").unwrap();
+        assert_eq!(
+            u,
+            vec![ToolUsage {
+                tool: "fs_read".into(),
+                calls: 3,
+                allowed: 2,
+                denied: 1,
+                out_of_intent: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn another_connection_moves_the_change_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let a = SqliteStore::open(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        let before = a.change_counter().unwrap();
+        b.revoke("ff", "test").unwrap();
+        assert_ne!(a.change_counter().unwrap(), before);
+        assert_eq!(a.revocations().unwrap().len(), 1);
+    }
+}

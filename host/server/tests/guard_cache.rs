@@ -1,0 +1,266 @@
+//! The decision cache is sound: a cached allow turns into a deny the moment Datalog would deny —
+//! at a time bound in the token, at a revocation (also one made by another process), and for
+//! any change in the call's facts. And it is bounded without being fragile: a flood of distinct
+//! calls and tokens does not push a steady client's entries out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use capgate_authz::{CallEnv, CredentialError, Transport};
+use capgate_core::Operation;
+use capgate_core::task::EndReason;
+use capgate_core::time::rfc3339;
+use capgate_server::InProcessError;
+use capgate_server::store::{SqliteStore, TaskStore};
+use capgate_testkit::attenuate;
+use capgate_testkit::inproc::{Scratch, intent};
+use capgate_testkit::tools::counting;
+use serde_json::{Value, json};
+
+struct Fixture {
+    scratch: Scratch,
+    runs: Arc<AtomicUsize>,
+    store_file: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    fixture_with("store_poll = \"0s\"")
+}
+
+fn fixture_with(guard: &str) -> Fixture {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let note = counting("note", Operation::Write, None, &runs);
+    let scratch = Scratch::new(&format!("[guard]\n{guard}\n"), |b| b.tool(note).unwrap());
+    let store_file = scratch.host.config().store_file();
+    Fixture {
+        scratch,
+        runs,
+        store_file,
+    }
+}
+
+impl Fixture {
+    /// Returns (task id, task token).
+    fn task(&self) -> (String, String) {
+        let agent = self.scratch.agent("a", "t", &["note"]);
+        let issued = self.scratch.issue(&agent, intent("cache test", &["note"])).unwrap();
+        (issued.record.id, issued.token)
+    }
+
+    fn host(&self) -> &capgate_server::Host {
+        &self.scratch.host
+    }
+
+    async fn call(&self, token: &str, args: Value) -> Result<capgate_core::ToolOutput, InProcessError> {
+        let Value::Object(map) = args else {
+            unreachable!()
+        };
+        self.host().call(token, "note", map).await
+    }
+
+    /// Calls `token` twice (the second answered from the decision cache), waits until the
+    /// second after `deadline` has begun, and calls again: the call must be refused without
+    /// the tool running. Returns the refusal's reason.
+    async fn cached_then_refused(&self, token: &str, deadline: SystemTime) -> String {
+        self.call(token, json!({})).await.unwrap();
+        let before = self.hits();
+        self.call(token, json!({})).await.unwrap();
+        assert_eq!(
+            self.hits(),
+            before + 1,
+            "the second identical call was answered from the cache"
+        );
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(1200);
+        tokio::time::sleep(wait).await;
+        let runs = self.runs.load(Ordering::SeqCst);
+        let refused = self.call(token, json!({})).await;
+        assert_eq!(
+            self.runs.load(Ordering::SeqCst),
+            runs,
+            "the tool did not run"
+        );
+        match refused {
+            Ok(_) => panic!("the call was allowed after the date had passed"),
+            Err(e) => reason(e),
+        }
+    }
+
+    fn hits(&self) -> u64 {
+        self.host().guard().stats().cache_hits.load(Ordering::Relaxed)
+    }
+}
+
+fn reason(e: InProcessError) -> String {
+    match e {
+        InProcessError::Denied(d) => d.reason,
+        InProcessError::Credential(CredentialError::Token(t)) => t.kind().to_owned(),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cached_allow_ends_at_a_time_bound_the_expiry_precheck_cannot_see() {
+    let f = fixture();
+    let (_id, task) = f.task();
+    // The bound hides inside an `or`, so the token has no provable expiry and only Datalog (and
+    // the cache's own time horizon) can notice it passing.
+    let deadline = SystemTime::now() + Duration::from_secs(3);
+    let token = attenuate(
+        &task,
+        &format!(
+            "check if time($t), $t <= {} or tool(\"never-called\");",
+            rfc3339(deadline)
+        ),
+    );
+    assert!(
+        f.host()
+            .verifier()
+            .verify(&token)
+            .unwrap()
+            .expires_at()
+            .is_some(),
+        "the task block's own expiry is known"
+    );
+    let reason = f.cached_then_refused(&token, deadline).await;
+    assert_eq!(reason, "expired");
+}
+
+#[tokio::test]
+async fn a_cached_allow_ends_at_a_time_bound_held_in_a_fact() {
+    let f = fixture();
+    let (_id, task) = f.task();
+    // The date sits in a fact, not in the check: only reading facts for dates can see it.
+    let deadline = SystemTime::now() + Duration::from_secs(2);
+    let token = attenuate(
+        &task,
+        &format!(
+            "until({}); check if time($t), until($u), $t <= $u;",
+            rfc3339(deadline)
+        ),
+    );
+    f.cached_then_refused(&token, deadline).await;
+}
+
+#[tokio::test]
+async fn a_cached_allow_ends_at_revocation_and_arguments_are_part_of_the_key() {
+    let f = fixture();
+    let (id, task) = f.task();
+    let append_only = attenuate(&task, "check if arg(\"append\", true);");
+    f.call(&append_only, json!({"append": true})).await.unwrap();
+    f.call(&append_only, json!({"append": true})).await.unwrap();
+    let runs = f.runs.load(Ordering::SeqCst);
+    assert_eq!(runs, 2);
+    // Same tool, same resource, another argument: never served from the allow above.
+    let e = f
+        .call(&append_only, json!({"append": false}))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(e), "arg_constraint");
+    // A value that would collide with another key if fields were merely concatenated.
+    let e = f
+        .call(&append_only, json!({"append": "true"}))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(e), "arg_constraint");
+    assert_eq!(f.runs.load(Ordering::SeqCst), runs);
+
+    f.host().end_task(&id, EndReason::Completed).unwrap();
+    for token in [&task, &append_only] {
+        let e = f.call(token, json!({"append": true})).await.unwrap_err();
+        assert_eq!(reason(e), "token_revoked");
+    }
+    assert_eq!(
+        f.runs.load(Ordering::SeqCst),
+        runs,
+        "nothing ran after the revocation"
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_written_by_another_process_applies_to_the_next_call() {
+    let f = fixture();
+    let (id, task) = f.task();
+    f.call(&task, json!({})).await.unwrap();
+    f.call(&task, json!({})).await.unwrap();
+    // Another process (the CLI, another replica) ends the task through its own connection.
+    let other = SqliteStore::open(&f.store_file).unwrap();
+    assert!(
+        other
+            .end_task(&id, EndReason::Completed, SystemTime::now())
+            .unwrap()
+            .is_some()
+    );
+    let e = f.call(&task, json!({})).await.unwrap_err();
+    assert_eq!(reason(e), "token_revoked");
+    assert_eq!(f.runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn with_a_poll_interval_a_foreign_revocation_applies_once_the_interval_has_passed() {
+    let f = fixture_with("store_poll = \"20ms\"");
+    let (id, task) = f.task();
+    f.call(&task, json!({})).await.unwrap();
+    let other = SqliteStore::open(&f.store_file).unwrap();
+    assert!(
+        other
+            .end_task(&id, EndReason::Completed, SystemTime::now())
+            .unwrap()
+            .is_some()
+    );
+    // Whatever happened within the interval, once it has passed the revocation is seen.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = f.call(&task, json!({})).await.unwrap_err();
+    assert_eq!(reason(e), "token_revoked");
+    assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_agent_token_alone_reaches_nothing() {
+    let f = fixture();
+    let agent = f.scratch.agent("a", "t", &["note"]);
+    let e = f.call(&agent, json!({})).await.unwrap_err();
+    assert_eq!(reason(e), "task-required");
+    assert_eq!(f.runs.load(Ordering::SeqCst), 0);
+}
+
+/// `tools/list` tries each string a token names as a resource, one Datalog run each: a token
+/// spelling thousands of strings (none of them a resource it reaches) stops at the listing's
+/// budget, and lists nothing it cannot prove (closed).
+#[tokio::test]
+async fn tools_list_stops_at_its_budget() {
+    let f = fixture();
+    let (_id, task) = f.task();
+    let env = CallEnv {
+        transport: Transport::InProcess,
+        session: Arc::from("list-test"),
+    };
+    let list = |token: &str| -> Vec<String> {
+        let verified = f.host().verifier().verify(token).unwrap();
+        f.host()
+            .guard()
+            .visible_tools(&verified, f.host().catalog(), &env)
+            .into_iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    assert_eq!(list(&task), ["note"]);
+    let strings: Vec<String> = (0..2000).map(|i| format!("\"n{i}\"")).collect();
+    let flood = attenuate(
+        &task,
+        &format!(
+            "check if resource($r), $r.starts_with(\"/x/\"), $r.ends_with(\"!\");\n\
+             check if [{}].length() > 0;",
+            strings.join(", ")
+        ),
+    );
+    let runs = || f.host().guard().stats().datalog_runs.load(Ordering::Relaxed);
+    let before = runs();
+    assert!(list(&flood).is_empty());
+    let spent = runs() - before;
+    assert!(spent <= 512, "{spent} Datalog runs for one listing");
+}

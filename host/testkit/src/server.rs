@@ -1,0 +1,168 @@
+//! Running servers for end-to-end tests: `capgate serve --http` as a child process, and a plain
+//! HTTP origin that counts what it is asked (so a test can prove a refused fetch sent nothing).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::service::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+use crate::install::Client;
+
+/// A running `capgate serve --http`.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn capgate serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving MCP at http://").nth(1)
+                    && let Some(t) = tx.take()
+                {
+                    let _ = t.send(rest.split("/mcp").next().unwrap_or("").to_owned());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("capgate serve did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            addr,
+            stderr: log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An rmcp client presenting `token` as Bearer.
+    pub async fn client(&self, token: &str) -> Client {
+        ().serve(self.transport(token))
+            .await
+            .expect("http client initialize")
+    }
+
+    /// The streamable HTTP transport presenting `token`, for clients with their own handler.
+    pub fn transport(&self, token: &str) -> StreamableHttpClientTransport<reqwest::Client> {
+        let cfg =
+            StreamableHttpClientTransportConfig::with_uri(self.url()).auth_header(token.to_owned());
+        StreamableHttpClientTransport::from_config(cfg)
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+        }
+        for _ in 0..100 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP server on loopback that answers every GET with `hello from <path>` (paths
+/// starting with `/redirect` get a 302 to `/elsewhere`) and counts the requests it received, so
+/// a test can prove a refused fetch made no request.
+pub struct Origin {
+    pub addr: std::net::SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+    pub paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Origin {
+    pub fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (h, p) = (Arc::clone(&hits), Arc::clone(&paths));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                p.lock().unwrap().push(path.clone());
+                if path.starts_with("/redirect") {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    continue;
+                }
+                let body = format!("hello from {path}");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Origin { addr, hits, paths }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
