@@ -199,7 +199,8 @@ impl Fixture {
             let verified = self.host.verifier().verify(token).expect("verifies");
             let capgate = self
                 .host
-                .guard().decide(&verified, &self.prepare(), &env("agree".into()))
+                .guard()
+                .decide(&verified, &self.prepare(), &env("agree".into()))
                 .is_ok();
             let floor = self
                 .floor
@@ -500,11 +501,7 @@ fn store(c: &mut Criterion, poll0: &Fixture, poll5: &Fixture) {
         let token = fx.token(2);
         let v = fx.host.verifier().verify(token).expect("verifies");
         let session = env("warm".into());
-        assert!(
-            fx.host
-                .guard().decide(&v, &fx.prepare(), &session)
-                .is_ok()
-        );
+        assert!(fx.host.guard().decide(&v, &fx.prepare(), &session).is_ok());
         g.bench_function(format!("warm authorize/{name}"), |b| {
             b.iter_batched(
                 || fx.prepare(),
@@ -603,7 +600,8 @@ fn pipeline(c: &mut Criterion, fx: &Fixture) {
     g.bench_function("floor: the tool alone", |b| {
         b.iter(|| {
             let args = fx.call_args.clone();
-            rt.block_on(async { doc_read_body(&args, &resource) }).is_ok()
+            rt.block_on(async { doc_read_body(&args, &resource) })
+                .is_ok()
         })
     });
     g.finish();

@@ -387,10 +387,12 @@ mod client_requests {
         /// Checks the form once, at registration, through rmcp's typed elicitation schema: a
         /// form rmcp cannot represent is a startup error here, not a failed call later.
         fn into_tool(self) -> Result<DynamicTool, capgate::core::Error> {
-            let schema: ElicitationSchema = serde_json::from_value(self.requested_schema)
-                .map_err(|e| capgate::core::Error::InvalidSchema {
-                    name: self.name.to_owned(),
-                    source: Box::new(e),
+            let schema: ElicitationSchema =
+                serde_json::from_value(self.requested_schema).map_err(|e| {
+                    capgate::core::Error::InvalidSchema {
+                        name: self.name.to_owned(),
+                        source: Box::new(e),
+                    }
                 })?;
             let input = match self.message {
                 Message::FromArgument => json!({

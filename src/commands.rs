@@ -60,21 +60,17 @@ pub(crate) fn token(
             let key = RootKey::load(&config.root_key_file())?;
             let registry = crate::registry(config, None, extend)?;
             for t in tools {
-                if registry.spec(t).is_none() {
+                if registry.catalog().spec(t).is_none() {
                     bail!(
                         "unknown tool `{t}`; this capgate hosts: {}",
-                        registry
-                            .specs()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        registry.catalog().names()
                     );
                 }
             }
             let mut prefixes: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (tool, raws) in crate::parse_resources(resources)? {
                 for raw in raws {
-                    let p = registry.canonical_prefix(&tool, &raw)?;
+                    let p = registry.catalog().canonical_prefix(&tool, &raw)?;
                     prefixes.entry(tool.clone()).or_default().push(p);
                 }
             }

@@ -3,7 +3,6 @@
 //! Every case asserts the decision *and* that the tool did not run: a denied `fs_write` left no
 //! file, a denied `http_fetch` made no request to the origin server.
 
-
 use std::time::Duration;
 
 use base64::Engine;

@@ -2,7 +2,6 @@
 //! line parseable and every answered call recorded; when it cannot be written, calls are refused
 //! before the tool runs; and `capgate task show` reads it back as intent beside action.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

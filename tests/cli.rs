@@ -1,6 +1,5 @@
 //! The operator's commands: keys, policy checks, and startup refusals.
 
-
 use capgate_testkit::*;
 
 #[test]

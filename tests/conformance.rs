@@ -22,7 +22,6 @@
 //! Every child process runs under a time limit, so a missing network (npm) or a hung server
 //! ends in a panic that says what happened instead of a hang.
 
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};

@@ -1,7 +1,6 @@
 //! `examples/custom_tool.rs` — both registration forms of the Tool API — served by the same
 //! pipeline as the built-in tools: listed, guarded, approved at issuance.
 
-
 use capgate_testkit::*;
 use serde_json::json;
 

@@ -2,7 +2,6 @@
 //! process) and streamable HTTP. Built-in tools' happy paths, and every kind of bad input, each
 //! asserting the exact error and that nothing outside the root was read or written.
 
-
 use capgate_testkit::*;
 use serde_json::json;
 
@@ -167,14 +166,26 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     // Missing field, wrong type, unexpected field: a tool execution error (SEP-1303) the model
     // reads, naming the field and the schema rule it broke.
     let d = call_invalid(client, "fs_read", json!({})).await;
-    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("required")));
+    assert_eq!(
+        (d["field"].as_str(), d["rule"].as_str()),
+        (Some("path"), Some("required"))
+    );
     assert!(
-        d["text"].as_str().unwrap().contains("missing required field `path`"),
+        d["text"]
+            .as_str()
+            .unwrap()
+            .contains("missing required field `path`"),
         "{d}"
     );
     let d = call_invalid(client, "fs_read", json!({"path": 42})).await;
-    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("type")));
-    assert!(d["message"].as_str().unwrap().contains("field `path`"), "{d}");
+    assert_eq!(
+        (d["field"].as_str(), d["rule"].as_str()),
+        (Some("path"), Some("type"))
+    );
+    assert!(
+        d["message"].as_str().unwrap().contains("field `path`"),
+        "{d}"
+    );
     let d = call_invalid(
         client,
         "fs_write",
@@ -183,7 +194,13 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     .await;
     assert_eq!(d["field"], "mode", "{d}");
     assert_eq!(d["rule"], "additionalProperties", "{d}");
-    assert!(d["message"].as_str().unwrap().contains("unexpected field `mode`"), "{d}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("unexpected field `mode`"),
+        "{d}"
+    );
 
     // Escapes from the root: refused while the resource is derived, before authorization and
     // before any I/O; the model reads why.
@@ -194,18 +211,32 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
         "/etc/passwd",
     ] {
         let d = call_invalid(client, "fs_read", json!({"path": path})).await;
-        assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("path"), Some("tool")));
+        assert_eq!(
+            (d["field"].as_str(), d["rule"].as_str()),
+            (Some("path"), Some("tool"))
+        );
         assert!(
-            d["message"].as_str().unwrap().contains("resolves outside the tool root"),
+            d["message"]
+                .as_str()
+                .unwrap()
+                .contains("resolves outside the tool root"),
             "{path}: {d}"
         );
-        call_invalid(client, "fs_write", json!({"path": path, "content": "pwned"})).await;
+        call_invalid(
+            client,
+            "fs_write",
+            json!({"path": path, "content": "pwned"}),
+        )
+        .await;
     }
     // A symlink inside the root that points out.
     std::os::unix::fs::symlink(&cg.outside, cg.root.join("acme/escape")).unwrap();
     let d = call_invalid(client, "fs_read", json!({"path": "acme/escape/secret.txt"})).await;
     assert!(
-        d["message"].as_str().unwrap().contains("resolves outside the tool root"),
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolves outside the tool root"),
         "{d}"
     );
     call_invalid(
@@ -245,7 +276,10 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
         json!({"path": "acme", "pattern": "(", "regex": true}),
     )
     .await;
-    assert_eq!((d["field"].as_str(), d["rule"].as_str()), (Some("pattern"), Some("tool")));
+    assert_eq!(
+        (d["field"].as_str(), d["rule"].as_str()),
+        (Some("pattern"), Some("tool"))
+    );
 
     assert_eq!(
         cg.outside_snapshot(),
@@ -377,4 +411,48 @@ fn the_embedded_default_needs_no_config() {
     assert!(server.contains("created a new root key"), "{server}");
     assert!(dir.path().join("workspace").is_dir());
     assert!(dir.path().join(".capgate/root.key").is_file());
+}
+
+/// SEP-1303 on the wire, with no MCP library in between: arguments the schema or the tool
+/// refuses come back as a tool result with `isError: true` whose structured content names the
+/// field and the rule (the model reads it); only an unknown tool is a JSON-RPC error. Nothing
+/// outside the root was read or written.
+#[tokio::test(flavor = "multi_thread")]
+async fn argument_errors_are_tool_results_on_the_wire() {
+    let cg = Capgate::new();
+    let (_task, token) = full_task(&cg, &Origin::start());
+    let before = cg.outside_snapshot();
+    let server = cg.serve_http();
+    let mut s = server.raw_session(&token).await;
+    let call =
+        |name: &str, arguments: serde_json::Value| json!({"name": name, "arguments": arguments});
+
+    for (arguments, field, rule) in [
+        (json!({"path": "../outside/secret.txt"}), "path", "tool"),
+        (json!({}), "path", "required"),
+        (json!({"path": 7}), "path", "type"),
+    ] {
+        let r = s
+            .request("tools/call", call("fs_read", arguments.clone()))
+            .await;
+        let result = &r["result"];
+        assert_eq!(result["isError"], true, "{arguments}: {r}");
+        let d = &result["structuredContent"]["capgate"];
+        assert_eq!(d["decision"], "invalid", "{r}");
+        assert_eq!(d["field"], field, "{r}");
+        assert_eq!(d["rule"], rule, "{r}");
+        assert!(
+            result["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "the text the model reads names the field: {r}"
+        );
+    }
+    let r = s.request("tools/call", call("fs_delete", json!({}))).await;
+    assert_eq!(
+        r["error"]["code"], -32602,
+        "an unknown tool is a protocol error: {r}"
+    );
+    assert_eq!(cg.outside_snapshot(), before);
 }

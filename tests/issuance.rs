@@ -2,7 +2,6 @@
 //! in-band (`task_begin` / `task_end`) over stdio and HTTP, with approval asked through MCP
 //! elicitation; tokens narrowed by the `biscuit-auth` crate directly, and per-call `_meta` tokens.
 
-
 use std::sync::{Arc, Mutex};
 
 use capgate_testkit::*;

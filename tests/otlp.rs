@@ -5,7 +5,6 @@
 //! that is down or never answers costs the calls nothing: each still answers quickly and is
 //! audited exactly once.
 
-
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

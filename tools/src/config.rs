@@ -92,10 +92,16 @@ impl Section for HttpFetchConfig {
     fn finish(&mut self, _base: &Path) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.timeout.is_zero() {
-            problems.push(("timeout".to_owned(), "expected a positive duration".to_owned()));
+            problems.push((
+                "timeout".to_owned(),
+                "expected a positive duration".to_owned(),
+            ));
         }
         if self.max_bytes == 0 {
-            problems.push(("max_bytes".to_owned(), "expected a positive number".to_owned()));
+            problems.push((
+                "max_bytes".to_owned(),
+                "expected a positive number".to_owned(),
+            ));
         }
         problems
     }
@@ -108,4 +114,44 @@ pub struct BuiltinConfig {
     pub fs: FsConfig,
     /// `[tools.http_fetch]`.
     pub http_fetch: HttpFetchConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `examples/capgate.toml` spells out every key with its default: the built-in sections of
+    /// it must parse to exactly the defaults here.
+    #[test]
+    fn the_reference_config_holds_the_defaults() {
+        let text = include_str!("../../examples/capgate.toml");
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        let tools = doc["tools"].as_table().unwrap();
+        let mut fs: FsConfig = tools["fs"].clone().try_into().unwrap();
+        let http: HttpFetchConfig = tools["http_fetch"].clone().try_into().unwrap();
+        assert!(fs.finish(Path::new("/etc/capgate")).is_empty());
+        let mut default = FsConfig::default();
+        default.finish(Path::new("/etc/capgate"));
+        assert_eq!(fs.root, PathBuf::from("/etc/capgate/workspace"));
+        assert_eq!(fs.root, default.root);
+        assert_eq!(fs.max_read_bytes, default.max_read_bytes);
+        assert_eq!(fs.max_search_files, default.max_search_files);
+        assert_eq!(http.timeout, HttpFetchConfig::default().timeout);
+        assert_eq!(http.max_bytes, HttpFetchConfig::default().max_bytes);
+    }
+
+    #[test]
+    fn limits_must_be_positive() {
+        let mut http = HttpFetchConfig {
+            timeout: Duration::ZERO,
+            ..HttpFetchConfig::default()
+        };
+        let problems = http.finish(Path::new("/"));
+        assert_eq!(problems[0].0, "timeout");
+        let mut fs = FsConfig {
+            max_read_bytes: 0,
+            ..FsConfig::default()
+        };
+        assert_eq!(fs.finish(Path::new("/"))[0].0, "max_read_bytes");
+    }
 }

@@ -268,12 +268,7 @@ impl Guard {
             .check_revocation(token.revocation_ids())
             .and_then(|()| token.check_expiry(now))
         {
-            return Err(Box::new(Denial::new(
-                e.kind(),
-                e.to_string(),
-                call,
-                carried,
-            )));
+            return Err(Box::new(Denial::new(e.kind(), chain(&e), call, carried)));
         }
         let task = carried.filter(|t| t.is_active(now));
 

@@ -19,7 +19,7 @@ use capgate_core::{time, vocab};
 use crate::book::{StoreFault, TaskBook};
 use crate::guard::CredentialError;
 use crate::policy::{Policy, Refusal};
-use crate::token::{self, TokenError, Verifier, VerifiedToken};
+use crate::token::{self, TokenError, VerifiedToken, Verifier};
 
 /// Why a task was not issued.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,7 +46,9 @@ pub enum IssuanceError {
     Unavailable(#[source] StoreFault),
     /// The issuance could not be recorded (`[audit] fail_closed`); the task was ended before
     /// its token left capgate. capgate's fault, answered 503.
-    #[error("task could not be issued: the audit log cannot record it, so it does not stand ([audit] fail_closed)")]
+    #[error(
+        "task could not be issued: the audit log cannot record it, so it does not stand ([audit] fail_closed)"
+    )]
     Unrecorded(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// Building the token failed; nothing was issued. capgate's fault.
     #[error("task could not be issued")]
@@ -71,7 +73,9 @@ impl IssuanceError {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            IssuanceError::Unavailable(_) | IssuanceError::Unrecorded(_) | IssuanceError::Internal(_)
+            IssuanceError::Unavailable(_)
+                | IssuanceError::Unrecorded(_)
+                | IssuanceError::Internal(_)
         )
     }
 }
@@ -381,7 +385,9 @@ impl Issuer {
             .last()
             .map(hex::encode)
             .ok_or_else(|| {
-                IssuanceError::Internal(TokenError::Invalid("the appended token has no blocks".into()))
+                IssuanceError::Internal(TokenError::Invalid(
+                    "the appended token has no blocks".into(),
+                ))
             })?;
         let encoded = biscuit
             .to_base64()

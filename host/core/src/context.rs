@@ -14,16 +14,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken};
-use rmcp::service::RoleServer;
 use rmcp::Peer;
+use rmcp::model::{
+    LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
+};
+use rmcp::service::RoleServer;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::tool::{Arguments, ToolError, ToolOutput};
 
 /// The future a nested call returns.
-pub type NestedFuture<'a> = Pin<Box<dyn Future<Output = Result<ToolOutput, ToolError>> + Send + 'a>>;
+pub type NestedFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ToolOutput, ToolError>> + Send + 'a>>;
 
 /// Runs a tool call made by a tool, through the same pipeline as a client's call. capgate-server
 /// implements it over the calling session and credential.

@@ -72,8 +72,11 @@ pub trait Stages: Send + Sync + 'static {
     type Denial: Send;
 
     /// The guard: allows a prepared call, or says why not. Any doubt is a denial.
-    fn authorize(&self, caller: &Self::Caller, call: &Prepared)
-    -> Result<Self::Grant, Self::Denial>;
+    fn authorize(
+        &self,
+        caller: &Self::Caller,
+        call: &Prepared,
+    ) -> Result<Self::Grant, Self::Denial>;
 
     /// The audit stage: records an allowed call before it runs. An `Err` means the decision
     /// could not be recorded and the call must not run.
@@ -95,7 +98,7 @@ struct Entry {
 /// no one holds a tool but the door.
 #[derive(Default)]
 pub struct Registry {
-    tools: BTreeMap<String, Entry>,
+    catalog: Catalog,
 }
 
 impl Registry {
@@ -116,7 +119,7 @@ impl Registry {
         if RESERVED_NAMES.contains(&name.as_str()) {
             return Err(Error::ReservedToolName { name });
         }
-        if self.tools.contains_key(&name) {
+        if self.catalog.tools.contains_key(&name) {
             return Err(Error::DuplicateTool { name });
         }
         if spec.input_schema.get("type").and_then(Value::as_str) != Some("object") {
@@ -127,7 +130,7 @@ impl Registry {
             name: name.clone(),
             source: Box::new(e),
         })?;
-        self.tools.insert(
+        self.catalog.tools.insert(
             name,
             Entry {
                 tool: Arc::new(tool),
@@ -137,58 +140,15 @@ impl Registry {
         Ok(())
     }
 
-    /// The descriptions of the tools registered so far.
-    pub fn specs(&self) -> impl Iterator<Item = &ToolSpec> {
-        self.tools.values().map(|e| e.tool.spec())
+    /// What is registered so far, described.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
-
-    /// A registered tool's description.
-    pub fn spec(&self, name: &str) -> Option<&ToolSpec> {
-        self.tools.get(name).map(|e| e.tool.spec())
-    }
-
-    /// Number of registered tools.
-    pub fn len(&self) -> usize {
-        self.tools.len()
-    }
-
-    /// True when nothing is registered.
-    pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
-    }
-
-    /// Canonicalizes a resource prefix for a tool, the way that tool writes its resources.
-    pub fn canonical_prefix(&self, tool: &str, prefix: &str) -> Result<String, Error> {
-        canonical_prefix(&self.tools, tool, prefix)
-    }
-
-    /// Seals the registry into a catalog (no more tools can be added).
-    fn into_catalog(self) -> Catalog {
-        Catalog { tools: self.tools }
-    }
-}
-
-fn canonical_prefix(
-    tools: &BTreeMap<String, Entry>,
-    tool: &str,
-    prefix: &str,
-) -> Result<String, Error> {
-    let entry = tools.get(tool).ok_or_else(|| Error::UnknownTool {
-        name: tool.to_owned(),
-        hosted: tools.keys().cloned().collect::<Vec<_>>().join(", "),
-    })?;
-    entry
-        .tool
-        .canonical_prefix(prefix)
-        .map_err(|source| Error::Prefix {
-            tool: tool.to_owned(),
-            prefix: prefix.to_owned(),
-            source,
-        })
 }
 
 /// The hosted tools, as everyone but the door sees them: descriptions and the canonical form
 /// of resource prefixes. Nothing here runs a tool.
+#[derive(Default)]
 pub struct Catalog {
     tools: BTreeMap<String, Entry>,
 }
@@ -221,7 +181,18 @@ impl Catalog {
 
     /// Canonicalizes a resource prefix for a tool, the way that tool writes its resources.
     pub fn canonical_prefix(&self, tool: &str, prefix: &str) -> Result<String, Error> {
-        canonical_prefix(&self.tools, tool, prefix)
+        let entry = self.tools.get(tool).ok_or_else(|| Error::UnknownTool {
+            name: tool.to_owned(),
+            hosted: self.names(),
+        })?;
+        entry
+            .tool
+            .canonical_prefix(prefix)
+            .map_err(|source| Error::Prefix {
+                tool: tool.to_owned(),
+                prefix: prefix.to_owned(),
+                source,
+            })
     }
 
     /// Resolves a call (tool, schema, resource) without authorizing it: a [`Prepared`] call can
@@ -339,7 +310,7 @@ impl<S: Stages> Door<S> {
     /// Seals `registry` behind `stages`.
     pub fn new(registry: Registry, stages: S) -> Self {
         Door {
-            catalog: Arc::new(registry.into_catalog()),
+            catalog: Arc::new(registry.catalog),
             stages,
         }
     }
@@ -509,7 +480,7 @@ mod tests {
     fn schema_errors_name_the_field() {
         let mut reg = Registry::new();
         reg.register(echo()).unwrap();
-        let reg = reg.into_catalog();
+        let reg = reg.catalog();
         let missing = reg.prepare("echo", None).err().unwrap();
         match missing {
             CallError::InvalidArguments {

@@ -43,7 +43,13 @@ pub(crate) fn deny_body(
 }
 
 fn denial_body(d: &Denial) -> Value {
-    deny_body(&d.reason, &d.message, &d.tool, &d.resource, &d.failed_checks)
+    deny_body(
+        &d.reason,
+        &d.message,
+        &d.tool,
+        &d.resource,
+        &d.failed_checks,
+    )
 }
 
 /// The body of a refusal that is capgate's own fault.
@@ -173,7 +179,10 @@ pub(crate) fn task_begun(task: &IssuedTask) -> CallToolResult {
 pub(crate) fn task_refused(e: &IssuanceError) -> CallToolResult {
     if e.is_fault() {
         return error_result(
-            format!("{}; this is capgate's fault, not the request's: retry later", chain(e)),
+            format!(
+                "{}; this is capgate's fault, not the request's: retry later",
+                chain(e)
+            ),
             fault_body(&e.reason(), &chain(e)),
         );
     }
@@ -227,7 +236,12 @@ pub(crate) enum ApiError {
         message: String,
     },
     /// 403: an approval that cannot be spent.
-    ApprovalRefused(TokenError),
+    ApprovalRefused {
+        /// The header it came in.
+        header: &'static str,
+        /// Why.
+        error: TokenError,
+    },
     /// 400.
     BadRequest(String),
     /// 404.
@@ -284,14 +298,10 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { error, message } => {
                 json_error(StatusCode::FORBIDDEN, error, &message)
             }
-            ApiError::ApprovalRefused(e) => json_error(
+            ApiError::ApprovalRefused { header, error } => json_error(
                 StatusCode::FORBIDDEN,
                 "approval_refused",
-                &format!(
-                    "the {} header is refused: {}",
-                    crate::transport::http::APPROVAL_HEADER,
-                    chain(&e)
-                ),
+                &format!("the {header} header is refused: {}", chain(&error)),
             ),
             ApiError::BadRequest(m) => json_error(StatusCode::BAD_REQUEST, "invalid_request", &m),
             ApiError::NotFound(m) => json_error(StatusCode::NOT_FOUND, "not_found", &m),

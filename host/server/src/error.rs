@@ -17,6 +17,15 @@ pub enum Error {
         /// What was expected.
         message: String,
     },
+    /// The configuration file cannot be read.
+    #[error("{file}: cannot read the file")]
+    ConfigIo {
+        /// The file.
+        file: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The root key or a policy is unusable.
     #[error(transparent)]
     Authz(#[from] capgate_authz::Error),

@@ -22,32 +22,16 @@ use capgate_core::{Arguments, Tool, ToolError, ToolOutput};
 use crate::config::{Config, ConfigSource};
 use crate::error::Error;
 use crate::ledger::TaskLedger;
-use crate::pipeline::{CallOutcome, CallRequest, Caller, Delivery, HostDoor, HostStages, run_call};
+use crate::pipeline::{CallOutcome, CallRequest, Caller, Delivery, HostStages, Pipeline, run_call};
 use crate::session::Session;
+use crate::shared::Shared;
 use crate::store::{SqliteStore, TaskStore};
 use crate::telemetry::{AuditLog, Providers, Telemetry, TelemetrySettings};
-
-/// Shared state of a running host.
-pub(crate) struct HostInner {
-    pub(crate) config: Config,
-    pub(crate) verifier: Arc<Verifier>,
-    pub(crate) door: Arc<HostDoor>,
-    pub(crate) issuer: Arc<Issuer>,
-    pub(crate) telemetry: Arc<Telemetry>,
-    pub(crate) ledger: Arc<TaskLedger>,
-    pub(crate) notes: Vec<String>,
-}
-
-impl HostInner {
-    pub(crate) fn guard(&self) -> &Arc<Guard> {
-        &self.door.stages().guard
-    }
-}
 
 /// A running capgate host. Cheap to clone.
 #[derive(Clone)]
 pub struct Host {
-    pub(crate) inner: Arc<HostInner>,
+    pub(crate) inner: Arc<Shared>,
 }
 
 /// Builds a [`Host`].
@@ -153,7 +137,7 @@ impl HostBuilder {
             max_iterations: config.guard.max_iterations,
             max_time: config.guard.max_time,
         };
-        let tenant_prefixes = Arc::new(tenant_prefixes(&config, &self.registry));
+        let tenant_prefixes = Arc::new(tenant_prefixes(&config, self.registry.catalog()));
         let verifier = Arc::new(Verifier::with_limits(
             root_public,
             config.guard.token_cache_entries,
@@ -205,13 +189,15 @@ impl HostBuilder {
         );
         issuer.observe(telemetry.clone());
         Ok(Host {
-            inner: Arc::new(HostInner {
+            inner: Arc::new(Shared {
                 config,
                 verifier,
-                door,
                 issuer: Arc::new(issuer),
-                telemetry,
-                ledger,
+                pipeline: Arc::new(Pipeline {
+                    door,
+                    telemetry,
+                    ledger,
+                }),
                 notes,
             }),
         })
@@ -231,7 +217,7 @@ fn policies(config: &Config) -> Result<(Policy, Policy), Error> {
 /// (`https://API.example.com:443/x` claims what the tools spell `https://api.example.com/x`),
 /// plus the prefix as written when it is absolute or a URL. An extra spelling can only widen
 /// what *other* tenants are refused, never what this one may reach.
-fn tenant_prefixes(config: &Config, registry: &Registry) -> Vec<(String, String)> {
+fn tenant_prefixes(config: &Config, catalog: &Catalog) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut push = |tenant: &str, p: String| {
         let pair = (tenant.to_owned(), p);
@@ -241,8 +227,8 @@ fn tenant_prefixes(config: &Config, registry: &Registry) -> Vec<(String, String)
     };
     for (tenant, t) in &config.tenants {
         for raw in &t.resources {
-            for spec in registry.specs() {
-                if let Ok(c) = registry.canonical_prefix(&spec.name, raw) {
+            for spec in catalog.specs() {
+                if let Ok(c) = catalog.canonical_prefix(&spec.name, raw) {
                     push(tenant, c);
                 }
             }
@@ -271,7 +257,7 @@ impl Host {
 
     /// What is hosted (descriptions only; nothing here runs a tool).
     pub fn catalog(&self) -> &Arc<Catalog> {
-        self.inner.door.catalog()
+        self.inner.door().catalog()
     }
 
     /// The guard.
@@ -286,7 +272,7 @@ impl Host {
 
     /// The ledger of tasks and revocations.
     pub fn ledger(&self) -> &Arc<TaskLedger> {
-        &self.inner.ledger
+        self.inner.ledger()
     }
 
     /// The token verifier.
@@ -301,7 +287,7 @@ impl Host {
 
     /// Telemetry and audit.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
-        &self.inner.telemetry
+        self.inner.telemetry()
     }
 
     /// Things worth telling the operator at startup (a created key, policy warnings).
@@ -314,12 +300,7 @@ impl Host {
         let (invocation, issuance) = policies(config)?;
         Ok([invocation, issuance]
             .iter()
-            .flat_map(|p| {
-                p.lint()
-                    .iter()
-                    .cloned()
-                    .map(|w| (p.origin().to_owned(), w))
-            })
+            .flat_map(|p| p.lint().iter().cloned().map(|w| (p.origin().to_owned(), w)))
             .collect())
     }
 
@@ -360,7 +341,7 @@ impl Host {
             progress_token: None,
             depth: 0,
         };
-        match run_call(&self.inner, &caller, call, Delivery::default()).await {
+        match run_call(&self.inner.pipeline, &caller, call, Delivery::default()).await {
             CallOutcome::Ran(Ok(out)) => Ok(out),
             CallOutcome::Ran(Err(e)) => Err(InProcessError::Tool(e)),
             CallOutcome::Denied(d) => Err(InProcessError::Denied(d)),

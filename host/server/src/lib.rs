@@ -16,6 +16,7 @@ pub mod host;
 pub mod ledger;
 pub mod pipeline;
 pub mod session;
+mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

@@ -13,13 +13,13 @@ use capgate_authz::{CallEnv, Denial, Grant, Guard, Transport, VerifiedToken};
 use capgate_core::context::{ContextParts, LogLevel, NestedCalls, NestedFuture};
 use capgate_core::door::{CallError, Door, Prepared, Stages};
 use capgate_core::{Arguments, ToolContext, ToolError, ToolOutput};
+use rmcp::Peer;
 use rmcp::model::ProgressToken;
 use rmcp::service::RoleServer;
-use rmcp::Peer;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::host::HostInner;
+use crate::ledger::TaskLedger;
 use crate::telemetry::{CallRecord, Telemetry};
 
 /// Deepest nesting of tool-calls-tool.
@@ -64,6 +64,14 @@ impl Stages for HostStages {
 /// The door of a running host.
 pub type HostDoor = Door<HostStages>;
 
+/// What running a call needs: the door, the telemetry that watches it, and the ledger it reads
+/// the caller's task from.
+pub(crate) struct Pipeline {
+    pub(crate) door: Arc<HostDoor>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) ledger: Arc<TaskLedger>,
+}
+
 /// One tools/call as the pipeline sees it.
 pub(crate) struct CallRequest {
     pub(crate) name: String,
@@ -95,7 +103,7 @@ pub(crate) enum CallOutcome {
 
 /// Runs one call through the door.
 pub(crate) async fn run_call(
-    host: &Arc<HostInner>,
+    host: &Arc<Pipeline>,
     caller: &Caller,
     call: CallRequest,
     delivery: Delivery,
@@ -174,7 +182,10 @@ pub(crate) async fn run_call(
             },
         );
         let exec_span = telemetry.execution_span(&tool);
-        let result = door.dispatch(recorded, ctx).instrument(exec_span.clone()).await;
+        let result = door
+            .dispatch(recorded, ctx)
+            .instrument(exec_span.clone())
+            .await;
         telemetry.call_finished(&tool, &result, &exec_span, &caller.env, started);
         CallOutcome::Ran(result)
     }
@@ -185,7 +196,7 @@ pub(crate) async fn run_call(
 /// Where a running tool's own tool calls go: back through the pipeline, with its caller's
 /// credential, one level deeper.
 struct NestedCaller {
-    host: Arc<HostInner>,
+    host: Arc<Pipeline>,
     caller: Caller,
     depth: u8,
     log_level: LogLevel,

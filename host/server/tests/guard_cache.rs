@@ -45,7 +45,10 @@ impl Fixture {
     /// Returns (task id, task token).
     fn task(&self) -> (String, String) {
         let agent = self.scratch.agent("a", "t", &["note"]);
-        let issued = self.scratch.issue(&agent, intent("cache test", &["note"])).unwrap();
+        let issued = self
+            .scratch
+            .issue(&agent, intent("cache test", &["note"]))
+            .unwrap();
         (issued.record.id, issued.token)
     }
 
@@ -53,7 +56,11 @@ impl Fixture {
         &self.scratch.host
     }
 
-    async fn call(&self, token: &str, args: Value) -> Result<capgate_core::ToolOutput, InProcessError> {
+    async fn call(
+        &self,
+        token: &str,
+        args: Value,
+    ) -> Result<capgate_core::ToolOutput, InProcessError> {
         let Value::Object(map) = args else {
             unreachable!()
         };
@@ -91,7 +98,11 @@ impl Fixture {
     }
 
     fn hits(&self) -> u64 {
-        self.host().guard().stats().cache_hits.load(Ordering::Relaxed)
+        self.host()
+            .guard()
+            .stats()
+            .cache_hits
+            .load(Ordering::Relaxed)
     }
 }
 
@@ -258,9 +269,123 @@ async fn tools_list_stops_at_its_budget() {
             strings.join(", ")
         ),
     );
-    let runs = || f.host().guard().stats().datalog_runs.load(Ordering::Relaxed);
+    let runs = || {
+        f.host()
+            .guard()
+            .stats()
+            .datalog_runs
+            .load(Ordering::Relaxed)
+    };
     let before = runs();
     assert!(list(&flood).is_empty());
     let spent = runs() - before;
     assert!(spent <= 512, "{spent} Datalog runs for one listing");
+}
+
+/// The caches are bounded and evict: they never empty themselves. A client flooding the
+/// verifier with 100,000 distinct garbage tokens, then with a couple of thousand distinct tokens
+/// that do verify (blocks it appended offline to its own task token) and distinct allowed calls
+/// on each, pushes out its own entries, not those of a steady client that keeps calling
+/// meanwhile: the steady client's token stays verified and its decision stays cached.
+#[tokio::test]
+async fn a_flood_of_distinct_tokens_and_calls_does_not_flush_a_steady_client() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let note = counting("note", Operation::Write, Some("/notes/"), &runs);
+    let scratch = Scratch::new(
+        "[guard]\nstore_poll = \"0s\"\ntoken_cache_entries = 64\ndecision_cache_entries = 64\n",
+        |b| b.tool(note).unwrap(),
+    );
+    let host = &scratch.host;
+    let agent = scratch.agent("a", "t", &["note"]);
+    let steady = scratch
+        .issue(&agent, intent("steady", &["note"]))
+        .unwrap()
+        .token;
+    let attacker = scratch
+        .issue(&agent, intent("flood", &["note"]))
+        .unwrap()
+        .token;
+    let env = CallEnv {
+        transport: Transport::InProcess,
+        session: Arc::from("steady"),
+    };
+    let verifier = host.verifier();
+    let guard = host.guard();
+    let steady_call = || {
+        let token = verifier.verify(&steady).expect("the steady token verifies");
+        let call = host
+            .catalog()
+            .prepare(
+                "note",
+                Some(capgate_testkit::tools::object(json!({"path": "a"}))),
+            )
+            .unwrap();
+        guard
+            .decide(&token, &call, &env)
+            .expect("the steady call is allowed")
+    };
+    steady_call();
+    steady_call();
+    let verified = || verifier.stats().verified.load(Ordering::Relaxed);
+    let misses = || guard.stats().datalog_runs.load(Ordering::Relaxed);
+
+    // 100,000 distinct garbage tokens: refused, each of them, and nothing of the steady
+    // client's is lost.
+    let (v0, d0) = (verified(), misses());
+    for i in 0..100_000u32 {
+        let garbage = format!("En0KEwoEbm90ZRgDIgkKBwgKEgMYgAg{i:08}");
+        assert!(verifier.verify(&garbage).is_err());
+        if i % 1_000 == 0 {
+            let grant = steady_call();
+            assert!(
+                grant.cached,
+                "the steady decision is still cached after {i} garbage tokens"
+            );
+        }
+    }
+    assert_eq!(misses(), d0, "no steady decision was re-run");
+
+    // 2,000 distinct tokens that verify, each making a distinct allowed call: 30 times what
+    // either cache holds.
+    for i in 0..2_000u32 {
+        let token = attenuate(&attacker, &format!("flood({i});"));
+        let token = verifier
+            .verify(&token)
+            .expect("an attenuated token verifies");
+        let call = host
+            .catalog()
+            .prepare(
+                "note",
+                Some(capgate_testkit::tools::object(
+                    json!({"path": format!("f{i}")}),
+                )),
+            )
+            .unwrap();
+        let flood_env = CallEnv {
+            transport: Transport::InProcess,
+            session: Arc::from("attacker"),
+        };
+        guard
+            .decide(&token, &call, &flood_env)
+            .expect("the flood's calls are allowed");
+        if i % 50 == 0 {
+            let before = verified();
+            let grant = steady_call();
+            assert_eq!(
+                verified(),
+                before,
+                "the steady token was not verified again"
+            );
+            assert!(
+                grant.cached,
+                "the steady decision is still cached after {i} flood calls"
+            );
+        }
+    }
+    assert_eq!(
+        verified() - v0,
+        2_000,
+        "every flood token was verified once, the steady one never"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "deciding ran no tool");
 }

@@ -35,9 +35,7 @@ async fn inner_calls_are_authorized_on_the_inner_tool() {
             )))
         },
     );
-    let fx = Scratch::new("", |b| {
-        b.tool(secret).unwrap().tool(summary).unwrap()
-    });
+    let fx = Scratch::new("", |b| b.tool(secret).unwrap().tool(summary).unwrap());
     let agent = fx.agent("a", "t", &["summary", "secret"]);
     let task = |tools: &[&str]| fx.issue(&agent, intent("nested", tools)).unwrap().token;
 

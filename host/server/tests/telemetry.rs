@@ -187,7 +187,8 @@ impl Fixture {
 
     /// An agent token with both tools, no resource limit of its own.
     fn agent(&self, agent: &str) -> String {
-        self.scratch.agent(agent, "acme", &[&self.read, &self.write])
+        self.scratch
+            .agent(agent, "acme", &[&self.read, &self.write])
     }
 
     /// The usual intent: read under `/data/docs/`, write under `/data/out/`, approved.

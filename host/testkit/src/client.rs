@@ -86,9 +86,16 @@ pub fn attenuate(token: &str, datalog: &str) -> String {
 /// SEP-1303), not a protocol error, whose structured content names the tool, the field and the
 /// rule. Panics on anything else.
 pub fn invalid(r: &CallToolResult) -> Value {
-    assert_eq!(r.is_error, Some(true), "expected refused arguments, got {r:?}");
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "expected refused arguments, got {r:?}"
+    );
     let d = r.structured_content.clone().unwrap_or(json!(null))["capgate"].clone();
-    assert_eq!(d["decision"], "invalid", "expected refused arguments, got {r:?}");
+    assert_eq!(
+        d["decision"], "invalid",
+        "expected refused arguments, got {r:?}"
+    );
     assert_eq!(d["reason"], "invalid_arguments", "{d}");
     d
 }
@@ -96,9 +103,9 @@ pub fn invalid(r: &CallToolResult) -> Value {
 /// Calls a tool whose arguments must be refused; the refusal's details, with the text the model
 /// reads under `"text"`.
 pub async fn call_invalid(client: &Client, tool: &str, arguments: Value) -> Value {
-    let r = call(client, tool, arguments)
-        .await
-        .unwrap_or_else(|e| panic!("`{tool}`: expected an isError result, got a protocol error: {e:?}"));
+    let r = call(client, tool, arguments).await.unwrap_or_else(|e| {
+        panic!("`{tool}`: expected an isError result, got a protocol error: {e:?}")
+    });
     let mut d = invalid(&r);
     d["text"] = json!(text(&r));
     d

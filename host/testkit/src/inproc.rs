@@ -77,7 +77,11 @@ impl Scratch {
 
     /// Issues a task for `agent_token` as the CLI would.
     pub fn issue(&self, agent_token: &str, intent: Intent) -> Result<IssuedTask, IssuanceError> {
-        let verified = self.host.verifier().verify(agent_token).expect("agent token");
+        let verified = self
+            .host
+            .verifier()
+            .verify(agent_token)
+            .expect("agent token");
         self.host.issuer().issue(&verified, intent, Channel::Cli)
     }
 }

@@ -29,6 +29,7 @@ pub struct Capgate {
 impl Capgate {
     /// An installation with the default config (tenant `acme` owns `acme/`, tenant `globex`
     /// owns `globex/`), a root key, and a few files.
+    #[allow(clippy::new_without_default)] // a fixture that writes files and runs a process
     pub fn new() -> Self {
         Self::with_config("")
     }
@@ -366,4 +367,3 @@ pub fn example_bin(name: &str) -> PathBuf {
     assert!(bin.is_file(), "{} was not built", bin.display());
     bin
 }
-

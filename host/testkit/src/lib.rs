@@ -7,13 +7,15 @@
 //! * [`client`]: MCP client helpers (calls, results, denials, offline attenuation);
 //! * [`inproc`]: an in-process host over a scratch state directory, its tokens and tasks, and
 //!   an rmcp client over an in-memory pipe;
-//! * [`tools`]: small tools whose runs are counted, to prove a refused call ran nothing.
+//! * [`tools`]: small tools whose runs are counted, to prove a refused call ran nothing;
+//! * [`faults`]: a store that fails on demand.
 //!
 //! Invariant: every fixture builds capgate the way an operator would (a `capgate.toml`, a root
 //! key file, tokens minted with capgate's own functions), never a shortcut around the guard.
 #![allow(missing_docs, unreachable_pub)]
 
 pub mod client;
+pub mod faults;
 pub mod inproc;
 pub mod install;
 pub mod server;
@@ -21,7 +23,7 @@ pub mod tools;
 
 pub use client::*;
 pub use install::{Capgate, Client, capgate_bin, example_bin};
-pub use server::{Origin, Server};
+pub use server::{Origin, RawSession, Server};
 
 /// The test process's HTTP clients (reqwest, rmcp's client) use rustls with ring, the provider
 /// capgate ships; it must be installed once before any client is built.

@@ -166,3 +166,85 @@ impl Origin {
     }
 }
 
+/// An MCP session over streamable HTTP spoken by hand (reqwest and JSON bodies, no MCP library),
+/// to check what a client of any language sees on the wire.
+pub struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl Server {
+    /// Initializes a raw session presenting `token`.
+    pub async fn raw_session(&self, token: &str) -> RawSession {
+        crate::init_crypto();
+        let mut s = RawSession {
+            http: reqwest::Client::new(),
+            url: self.url(),
+            token: token.to_owned(),
+            session: None,
+            next_id: 1,
+        };
+        let init = s
+            .request(
+                "initialize",
+                serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"}}),
+            )
+            .await;
+        assert!(init.get("result").is_some(), "initialize: {init}");
+        s.post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        s
+    }
+}
+
+impl RawSession {
+    /// Sends one request and returns the JSON-RPC response (`result` or `error`).
+    pub async fn request(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let messages = self.post(body).await;
+        messages
+            .into_iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("no response to `{method}`"))
+    }
+
+    /// POSTs one message; the JSON-RPC messages of the reply (a JSON body or an SSE stream).
+    async fn post(&mut self, body: serde_json::Value) -> Vec<serde_json::Value> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.send().await.expect("POST /mcp");
+        assert!(resp.status().is_success(), "POST /mcp: {}", resp.status());
+        if let Some(s) = resp.headers().get("mcp-session-id") {
+            self.session = Some(s.to_str().unwrap().to_owned());
+        }
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+        let text = resp.text().await.expect("response body");
+        if !sse {
+            return serde_json::from_str(&text)
+                .map(|v| vec![v])
+                .unwrap_or_default();
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    }
+}

@@ -32,9 +32,7 @@ pub enum TokenError {
     #[error("token lacks {0}; mint agent tokens with `capgate token mint`")]
     MissingFact(&'static str),
     /// Evaluating the token's own Datalog exceeds the run limits: it can never be authorized.
-    #[error(
-        "token's Datalog exceeds the run limits ([guard] max_facts, max_iterations, max_time)"
-    )]
+    #[error("token's Datalog exceeds the run limits ([guard] max_facts, max_iterations, max_time)")]
     TooComplex(#[source] biscuit_auth::error::Token),
     /// The token's expiry has passed.
     #[error("token expired at {0}")]

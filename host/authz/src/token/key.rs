@@ -61,7 +61,8 @@ impl RootKey {
         std::fs::create_dir_all(dir).map_err(io("cannot create its directory"))?;
         // tempfile creates the file 0600 with O_EXCL under a random name in the same directory,
         // so the rename below is atomic and no one else can have opened it.
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("cannot create a temporary file"))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(io("cannot create a temporary file"))?;
         writeln!(tmp, "{}", self.keypair.private().to_prefixed_string())
             .and_then(|_| tmp.as_file().sync_all())
             .map_err(io("cannot write"))?;
@@ -124,6 +125,9 @@ mod tests {
         }
         let other = RootKey::generate();
         other.write(&path, true).unwrap();
-        assert_eq!(RootKey::load(&path).unwrap().public_text(), other.public_text());
+        assert_eq!(
+            RootKey::load(&path).unwrap().public_text(),
+            other.public_text()
+        );
     }
 }

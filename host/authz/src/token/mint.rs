@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
+use biscuit_auth::Biscuit;
 use biscuit_auth::builder::{self, BlockBuilder, Fact};
 use biscuit_auth::builder_ext::BuilderExt;
-use biscuit_auth::Biscuit;
 use capgate_core::task::TaskGrant;
 use capgate_core::time::date_time;
 use capgate_core::vocab;
@@ -59,7 +59,9 @@ pub fn mint_agent_token(root: &RootKey, grant: &AgentGrant) -> Result<Biscuit, T
         .map_err(TokenError::Build)?;
     let rights: BTreeSet<&String> = grant.rights.iter().collect();
     for tool in rights {
-        b = b.fact(fact1(vocab::RIGHT, tool)).map_err(TokenError::Build)?;
+        b = b
+            .fact(fact1(vocab::RIGHT, tool))
+            .map_err(TokenError::Build)?;
         let prefixes = grant.prefixes.get(tool.as_str()).filter(|p| !p.is_empty());
         match prefixes {
             Some(list) => {
@@ -82,7 +84,9 @@ pub fn mint_agent_token(root: &RootKey, grant: &AgentGrant) -> Result<Biscuit, T
         let until = SystemTime::now()
             .checked_add(ttl)
             .filter(|t| *t <= date_time(u64::MAX))
-            .ok_or_else(|| TokenError::Invalid(format!("a ttl of {ttl:?} is past the year 9999")))?;
+            .ok_or_else(|| {
+                TokenError::Invalid(format!("a ttl of {ttl:?} is past the year 9999"))
+            })?;
         b = b.check_expiration_date(until);
     }
     b.build(root.keypair()).map_err(TokenError::Build)
@@ -110,7 +114,9 @@ pub fn mint_approval(
         .fact(fact1(vocab::APPROVER, by))
         .map_err(TokenError::Build)?;
     if let Some(agent) = &scope.agent {
-        b = b.fact(fact1(vocab::APPROVES_AGENT, agent)).map_err(TokenError::Build)?;
+        b = b
+            .fact(fact1(vocab::APPROVES_AGENT, agent))
+            .map_err(TokenError::Build)?;
     }
     if let Some(tenant) = &scope.tenant {
         b = b
@@ -137,7 +143,10 @@ pub struct ApprovalScope {
 /// Appends the task block to a verified agent token. The result is the task token; the
 /// revocation id of the new (last) block is the task's identity.
 pub fn append_task_block(agent: &VerifiedToken, grant: &TaskGrant) -> Result<Biscuit, TokenError> {
-    agent.biscuit.append(task_block(grant)?).map_err(TokenError::Build)
+    agent
+        .biscuit
+        .append(task_block(grant)?)
+        .map_err(TokenError::Build)
 }
 
 /// The task block, on its own.

@@ -22,7 +22,9 @@ mod verifier;
 pub use error::{MAX_TOKEN_LEN, TokenError};
 pub use inspect::{BlockInspection, Inspection, inspect};
 pub use key::RootKey;
-pub use mint::{AgentGrant, ApprovalScope, append_task_block, mint_agent_token, mint_approval, task_block};
+pub use mint::{
+    AgentGrant, ApprovalScope, append_task_block, mint_agent_token, mint_approval, task_block,
+};
 pub use verified::{Identity, VerifiedToken, collect_rule_dates, collect_term_dates};
 pub use verifier::{Approval, Verifier, VerifierStats, default_limits};
 
@@ -185,7 +187,6 @@ mod tests {
         );
         let v = Verifier::new(root.public(), 10).verify(&far).unwrap();
         assert!(v.next_time_bound(SystemTime::now()).is_some());
-        
     }
 
     #[test]

@@ -12,8 +12,8 @@ use biscuit_auth::builder::{self, Term};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit};
 use capgate_core::{time, vocab};
 
-use super::error::unreadable;
 use super::TokenError;
+use super::error::unreadable;
 
 /// Who a token speaks for, read from its authority block.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +50,10 @@ impl std::fmt::Debug for VerifiedToken {
 }
 
 impl VerifiedToken {
-    pub(crate) fn from_biscuit(biscuit: Biscuit, limits: &AuthorizerLimits) -> Result<Self, TokenError> {
+    pub(crate) fn from_biscuit(
+        biscuit: Biscuit,
+        limits: &AuthorizerLimits,
+    ) -> Result<Self, TokenError> {
         let revocation_ids = biscuit
             .revocation_identifiers()
             .iter()

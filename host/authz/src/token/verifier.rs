@@ -42,8 +42,8 @@ pub struct Approval {
 pub struct VerifierStats {
     /// Tokens answered from the cache.
     pub hits: AtomicU64,
-    /// Tokens whose signatures were checked.
-    pub verifications: AtomicU64,
+    /// Tokens that verified and were read (cache misses that succeeded).
+    pub verified: AtomicU64,
 }
 
 /// Verifies tokens against the root public key.
@@ -99,13 +99,13 @@ impl Verifier {
             return Ok(hit);
         }
         let verified = Arc::new(self.verify_uncached(token)?);
+        self.stats.verified.fetch_add(1, Ordering::Relaxed);
         self.cache.insert(Arc::from(token), Arc::clone(&verified));
         Ok(verified)
     }
 
     /// Verifies without consulting or filling the cache.
     pub fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
-        self.stats.verifications.fetch_add(1, Ordering::Relaxed);
         VerifiedToken::from_biscuit(self.signed(token)?, &self.limits)
     }
 

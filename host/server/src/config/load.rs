@@ -16,10 +16,9 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigIo {
             file: path.display().to_string(),
-            key: String::new(),
-            message: format!("cannot read the file: {e}"),
+            source,
         })?;
         Self::parse(&text, path)
     }
@@ -33,11 +32,12 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         };
         let de = toml::Deserializer::parse(text).map_err(syntax)?;
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::Config {
-            file: file.clone(),
-            key: key_of(e.path()),
-            message: explain(e.inner().message()),
-        })?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| Error::Config {
+                file: file.clone(),
+                key: key_of(e.path()),
+                message: explain(e.inner().message()),
+            })?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -71,7 +71,8 @@ impl Config {
             *p = abs(p);
         }
         // The tool packs resolve their own paths, against the same directory.
-        self.tools.attach(self.source.describe(), base.to_path_buf());
+        self.tools
+            .attach(self.source.describe(), base.to_path_buf());
     }
 }
 

@@ -371,7 +371,10 @@ mod tests {
         assert!(err.contains("/etc/capgate/capgate.toml"), "{err}");
         assert!(err.contains("server.allowd_hosts"), "{err}");
         assert!(err.contains("unknown field"), "{err}");
-        assert!(err.contains("allowed_hosts"), "names what was expected: {err}");
+        assert!(
+            err.contains("allowed_hosts"),
+            "names what was expected: {err}"
+        );
         // In a tool pack's section, the same rules and the same naming.
         let c = parse("[tools.fs]\nrot = \"x\"\n").unwrap();
         let err = c.tools.section::<Pack>("fs").unwrap_err().to_string();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use capgate_authz::{CredentialError, TokenError, Transport, VerifiedToken};
 use rmcp::service::{RequestContext, RoleServer};
 
-use super::SessionState;
+use super::state::SessionState;
 
 /// The `_meta` key under which a client may present a narrower token for one call.
 pub const META_TOKEN_KEY: &str = "capgate/token";

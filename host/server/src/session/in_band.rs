@@ -16,22 +16,22 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, Peer};
 use serde_json::{Map, Value, json};
 
-use super::{Binding, Session};
+use super::state::{Binding, SessionState};
 use crate::answer;
-use crate::host::HostInner;
+use crate::shared::Shared;
 
 /// Names of the in-band tools (hosted tools may not take them).
 pub(crate) const TASK_BEGIN: &str = "task_begin";
 /// See [`TASK_BEGIN`].
 pub(crate) const TASK_END: &str = "task_end";
 
-impl Session {
-    pub(super) async fn in_band_begin(
-        &self,
-        args: Option<Map<String, Value>>,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, McpError> {
-        let state = &self.state;
+/// `task_begin`: issues the task and binds this session to it.
+pub(super) async fn begin(
+    state: &SessionState,
+    args: Option<Map<String, Value>>,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<CallToolResult, McpError> {
+    {
         let token = match state.call_credential(ctx) {
             Ok(t) => t,
             Err(e) => return Ok(answer::credential(&e)),
@@ -80,13 +80,15 @@ impl Session {
         });
         Ok(answer::task_begun(&task))
     }
+}
 
-    pub(super) async fn in_band_end(
-        &self,
-        args: Option<Map<String, Value>>,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, McpError> {
-        let state = &self.state;
+/// `task_end`: ends a task of this agent (by default the one bound to this session).
+pub(super) async fn end(
+    state: &SessionState,
+    args: Option<Map<String, Value>>,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<CallToolResult, McpError> {
+    {
         let token = match state.call_credential(ctx) {
             Ok(t) => t,
             Err(e) => return Ok(answer::credential(&e)),
@@ -119,7 +121,7 @@ impl Session {
         // Only the agent a task was issued to may end it, through its agent token or a token of
         // that very task (never one of a sibling task).
         let ended = tokio::task::spawn_blocking(move || {
-            let ledger = &host.ledger;
+            let ledger = host.ledger();
             match ledger.task(&id)? {
                 Some(r) if ledger.speaks_for(&token, &r)? => Ok::<_, crate::error::Error>(Some(
                     ledger.end_task(&r.id, EndReason::Completed)?.is_some(),
@@ -149,7 +151,7 @@ impl Session {
 
 /// Issues off the async threads: issuance reads and writes the store.
 async fn issue(
-    host: &Arc<HostInner>,
+    host: &Arc<Shared>,
     token: &Arc<VerifiedToken>,
     intent: Intent,
     channel: Channel,

@@ -14,10 +14,11 @@
 
 mod credential;
 mod in_band;
+mod state;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use capgate_authz::{CallEnv, TokenError, Transport, VerifiedToken};
+use capgate_authz::Transport;
 use capgate_core::context::LogLevel;
 use capgate_core::tool::{Operation, ToolSpec};
 use rmcp::model::{
@@ -32,29 +33,9 @@ pub use credential::{Credential, META_TOKEN_KEY};
 pub(crate) use in_band::{TASK_BEGIN, TASK_END};
 
 use crate::answer;
-use crate::host::HostInner;
 use crate::pipeline::{CallRequest, Caller, Delivery, run_call};
-
-/// A task bound to this session by the in-band `task_begin` tool.
-#[derive(Clone)]
-struct Binding {
-    token: Arc<VerifiedToken>,
-    task_id: String,
-}
-
-/// What one connection holds.
-pub(crate) struct SessionState {
-    pub(crate) host: Arc<HostInner>,
-    transport: Transport,
-    /// The stdio credential (`CAPGATE_TOKEN`), as presented.
-    stdio_token: Option<String>,
-    /// `stdio_token`, verified once: it cannot change for the life of the connection.
-    stdio_verified: OnceLock<Result<Arc<VerifiedToken>, TokenError>>,
-    /// The session id: generated for stdio, the `mcp-session-id` header for HTTP.
-    session_id: Mutex<Arc<str>>,
-    binding: Mutex<Option<Binding>>,
-    log_level: LogLevel,
-}
+use crate::shared::Shared;
+use state::SessionState;
 
 /// The MCP server handler for one connection.
 #[derive(Clone)]
@@ -64,7 +45,7 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(
-        host: Arc<HostInner>,
+        host: Arc<Shared>,
         transport: Transport,
         stdio_token: Option<String>,
     ) -> Self {
@@ -82,37 +63,6 @@ impl Session {
                 binding: Mutex::new(None),
                 log_level: LogLevel::default(),
             }),
-        }
-    }
-}
-
-impl SessionState {
-    fn session_id(&self) -> Arc<str> {
-        Arc::clone(&self.session_id.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn env(&self) -> CallEnv {
-        CallEnv {
-            transport: self.transport,
-            session: self.session_id(),
-        }
-    }
-
-    /// Learns the HTTP session id from the request, once rmcp has assigned one.
-    fn observe_request(&self, ctx: &RequestContext<RoleServer>) {
-        if self.transport != Transport::Http {
-            return;
-        }
-        if let Some(parts) = ctx.extensions.get::<http::request::Parts>()
-            && let Some(id) = parts
-                .headers
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok())
-        {
-            let mut cur = self.session_id.lock().unwrap_or_else(|p| p.into_inner());
-            if cur.as_ref() != id {
-                *cur = Arc::from(id);
-            }
         }
     }
 }
@@ -189,7 +139,7 @@ impl ServerHandler for Session {
                 state
                     .host
                     .guard()
-                    .visible_tools(&token, state.host.door.catalog(), &env)
+                    .visible_tools(&token, state.host.door().catalog(), &env)
                     .into_iter()
                     .map(mcp_tool),
             );
@@ -206,14 +156,12 @@ impl ServerHandler for Session {
         state.observe_request(&context);
         match request.name.as_ref() {
             TASK_BEGIN => {
-                return self
-                    .in_band_begin(request.arguments, &context)
+                return in_band::begin(state, request.arguments, &context)
                     .await
                     .map(Into::into);
             }
             TASK_END => {
-                return self
-                    .in_band_end(request.arguments, &context)
+                return in_band::end(state, request.arguments, &context)
                     .await
                     .map(Into::into);
             }
@@ -224,7 +172,7 @@ impl ServerHandler for Session {
             Err(e) => {
                 state
                     .host
-                    .telemetry
+                    .telemetry()
                     .token_refused(&request.name, &e, &state.env());
                 return Ok(answer::credential(&e).into());
             }
@@ -260,7 +208,7 @@ impl ServerHandler for Session {
             cancel: context.ct.clone(),
             log_level: state.log_level.clone(),
         };
-        let outcome = run_call(&state.host, &caller, call, delivery).await;
+        let outcome = run_call(&state.host.pipeline, &caller, call, delivery).await;
         answer::call(&name, outcome).map(Into::into)
     }
 

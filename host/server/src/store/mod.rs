@@ -117,4 +117,3 @@ pub trait TaskStore: Send + Sync {
     /// one), so that cached revocations and tasks can be refreshed cheaply and only when needed.
     fn change_counter(&self) -> Result<u64, Error>;
 }
-

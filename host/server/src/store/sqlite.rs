@@ -207,7 +207,9 @@ impl TaskStore for SqliteStore {
         let intent = serde_json::to_string(&t.intent).map_err(record("intent"))?;
         let grant = serde_json::to_string(&t.grant).map_err(record("grant"))?;
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(INSERT_TASK).map_err(self.fail("storing a task"))?;
+        let mut stmt = conn
+            .prepare_cached(INSERT_TASK)
+            .map_err(self.fail("storing a task"))?;
         stmt.execute(params![
             t.id,
             t.agent,
@@ -228,7 +230,9 @@ impl TaskStore for SqliteStore {
 
     fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(TASK_BY_ID).map_err(self.fail("reading a task"))?;
+        let mut stmt = conn
+            .prepare_cached(TASK_BY_ID)
+            .map_err(self.fail("reading a task"))?;
         stmt.query_row([id], row_to_task)
             .optional()
             .map_err(self.fail("reading a task"))
@@ -246,11 +250,14 @@ impl TaskStore for SqliteStore {
 
     fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(RECENT_TASKS).map_err(self.fail("listing tasks"))?;
+        let mut stmt = conn
+            .prepare_cached(RECENT_TASKS)
+            .map_err(self.fail("listing tasks"))?;
         let rows = stmt
             .query_map([limit as i64], row_to_task)
             .map_err(self.fail("listing tasks"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("listing tasks"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.fail("listing tasks"))
     }
 
     fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error> {
@@ -261,7 +268,8 @@ impl TaskStore for SqliteStore {
         let rows = stmt
             .query_map([millis(now)], row_to_task)
             .map_err(self.fail("finding expired tasks"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("finding expired tasks"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.fail("finding expired tasks"))
     }
 
     fn end_task(
@@ -294,7 +302,8 @@ impl TaskStore for SqliteStore {
             ],
         )
         .map_err(self.fail("ending a task"))?;
-        tx.execute(BUMP_REVISION, []).map_err(self.fail("ending a task"))?;
+        tx.execute(BUMP_REVISION, [])
+            .map_err(self.fail("ending a task"))?;
         tx.commit().map_err(self.fail("ending a task"))?;
         Ok(Some(task))
     }
@@ -309,7 +318,8 @@ impl TaskStore for SqliteStore {
             )
             .map_err(self.fail("revoking a block"))?;
         if inserted > 0 {
-            tx.execute(BUMP_REVISION, []).map_err(self.fail("revoking a block"))?;
+            tx.execute(BUMP_REVISION, [])
+                .map_err(self.fail("revoking a block"))?;
         }
         tx.commit().map_err(self.fail("revoking a block"))?;
         Ok(inserted > 0)
@@ -329,7 +339,8 @@ impl TaskStore for SqliteStore {
                 })
             })
             .map_err(self.fail("reading revocations"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("reading revocations"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.fail("reading revocations"))
     }
 
     fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error> {
@@ -383,7 +394,8 @@ impl TaskStore for SqliteStore {
                 })
             })
             .map_err(self.fail("reading usage"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.fail("reading usage"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.fail("reading usage"))
     }
 
     fn change_counter(&self) -> Result<u64, Error> {

@@ -98,7 +98,6 @@ impl Telemetry {
         span
     }
 
-
     /// A call that could not be put to the guard: an unknown tool (a protocol error, `-32602`)
     /// or arguments the schema or the resource function refused (a tool execution error).
     pub(crate) fn call_invalid(
@@ -307,7 +306,6 @@ impl Telemetry {
             ],
         );
     }
-
 }
 
 /// The caller's span context from a W3C `traceparent` value, read by OpenTelemetry's own

@@ -83,7 +83,6 @@ impl Telemetry {
     }
 }
 
-
 impl IssuanceObserver for Telemetry {
     fn issued(
         &self,
@@ -132,4 +131,3 @@ impl IssuanceObserver for Telemetry {
         }
     }
 }
-

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 
 use capgate_authz::{CallEnv, Transport, VerifiedToken};
 use capgate_core::task::TaskRecord;
+use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
-use opentelemetry::KeyValue;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::ledger::TaskObserver;
@@ -191,8 +191,10 @@ impl Telemetry {
         self.providers.shutdown();
     }
 
-
-    pub(crate) fn ids_of_current(&self, fallback_trace: Option<&str>) -> (Option<String>, Option<String>) {
+    pub(crate) fn ids_of_current(
+        &self,
+        fallback_trace: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
         let cx = tracing::Span::current().context();
         let sc = cx.span().span_context().clone();
         if sc.is_valid() {
@@ -205,7 +207,13 @@ impl Telemetry {
         }
     }
 
-    pub(crate) fn record_duration(&self, tool: &str, env: &CallEnv, error: Option<&str>, started: Instant) {
+    pub(crate) fn record_duration(
+        &self,
+        tool: &str,
+        env: &CallEnv,
+        error: Option<&str>,
+        started: Instant,
+    ) {
         let mut attrs = vec![
             KeyValue::new("mcp.method.name", "tools/call"),
             KeyValue::new("gen_ai.tool.name", tool.to_owned()),
@@ -228,7 +236,6 @@ impl Telemetry {
         self.metrics.decisions.add(1, &attrs);
         self.metrics.guard.record(took.as_secs_f64(), &attrs);
     }
-
 }
 
 impl TaskObserver for Telemetry {
@@ -238,7 +245,6 @@ impl TaskObserver for Telemetry {
         }
     }
 }
-
 
 pub(crate) fn pairs(map: &std::collections::BTreeMap<String, Vec<String>>) -> Vec<String> {
     map.iter()

@@ -14,11 +14,9 @@ use std::time::Duration;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider,
-    SpanExporter,
 };
 
 use crate::config::TelemetryConfig;
@@ -115,7 +113,10 @@ impl Providers {
     }
 
     /// Exports spans to `exporter` synchronously (for tests with the in-memory exporter).
-    pub fn with_span_exporter(exporter: impl SpanExporter + 'static) -> Self {
+    #[cfg(feature = "test-util")]
+    pub fn with_span_exporter(
+        exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+    ) -> Self {
         let tracer = SdkTracerProvider::builder()
             .with_id_generator(TaskIdGenerator::default())
             .with_resource(resource(None))
@@ -131,7 +132,11 @@ impl Providers {
 
     /// Also collects metrics into `exporter`, read when [`Providers::flush`] runs (for tests with
     /// the in-memory metric exporter).
-    pub fn with_metric_exporter(mut self, exporter: impl PushMetricExporter) -> Self {
+    #[cfg(feature = "test-util")]
+    pub fn with_metric_exporter(
+        mut self,
+        exporter: impl opentelemetry_sdk::metrics::exporter::PushMetricExporter,
+    ) -> Self {
         let meter = SdkMeterProvider::builder()
             .with_resource(resource(None))
             .with_reader(PeriodicReader::builder(exporter).build())

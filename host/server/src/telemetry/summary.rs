@@ -179,10 +179,7 @@ impl Builder {
                 list(task.grant.tools.keys().cloned().collect()),
             ),
             KeyValue::new("capgate.grant.resources", list(pairs(&task.grant.tools))),
-            KeyValue::new(
-                "capgate.grant.expires_at",
-                rfc3339(task.grant.expires_at),
-            ),
+            KeyValue::new("capgate.grant.expires_at", rfc3339(task.grant.expires_at)),
             KeyValue::new(
                 "capgate.action.tools",
                 list(used.iter().map(|s| (*s).clone()).collect()),

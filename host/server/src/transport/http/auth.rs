@@ -12,12 +12,25 @@ use capgate_authz::TokenError;
 use headers::authorization::Bearer;
 use headers::{Authorization, HeaderMapExt};
 
-use super::AppState;
+use std::sync::Arc;
+
 use crate::answer::ApiError;
+use crate::host::Host;
 use crate::session::Credential;
 
+/// What authentication needs.
+pub(super) struct Gate {
+    pub(super) host: Host,
+    /// Development only: the token a request without `Authorization` presents.
+    pub(super) headerless: Option<Arc<str>>,
+}
+
 /// Verifies the bearer token and hands it to the route as a [`Credential`].
-pub(super) async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(super) async fn authenticate(
+    State(s): State<Arc<Gate>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = match bearer(req.headers()) {
         Ok(Some(t)) => t,
         Ok(None) => match &s.headerless {

@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::host::Host;
 
-/// The header carrying an approval token (`capgate token approval`) with a task request.
-pub const APPROVAL_HEADER: &str = "capgate-approval";
+pub use tasks::APPROVAL_HEADER;
 
 /// How to run the HTTP server.
 #[derive(Debug, Clone)]
@@ -35,13 +34,6 @@ pub struct HttpOptions {
     /// Development only: a token to use for requests without `Authorization`. Refused unless
     /// `addr` is a loopback address.
     pub headerless_token: Option<String>,
-}
-
-#[derive(Clone)]
-struct AppState {
-    host: Host,
-    headerless: Option<Arc<str>>,
-    allowed: Arc<origin::Allowed>,
 }
 
 /// Serves until `shutdown` fires; `on_ready` gets the bound address (useful with port 0).
@@ -106,15 +98,15 @@ fn router(
     ct: CancellationToken,
 ) -> Result<Router, Error> {
     let config = host.config();
-    let state = AppState {
+    let allowed = Arc::new(origin::Allowed::from_config(
+        &config.source.describe(),
+        &config.server.allowed_hosts,
+        &config.server.allowed_origins,
+    )?);
+    let gate = Arc::new(auth::Gate {
         host: host.clone(),
         headerless,
-        allowed: Arc::new(origin::Allowed::from_config(
-            &config.source.describe(),
-            &config.server.allowed_hosts,
-            &config.server.allowed_origins,
-        )?),
-    };
+    });
     let factory_host = host.clone();
     // Host and Origin are checked once, by capgate's own layer, for the task API and MCP alike;
     // rmcp's copy of the check is switched off.
@@ -132,10 +124,10 @@ fn router(
         .route("/v1/tasks", axum::routing::post(tasks::create))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
         .layer(DefaultBodyLimit::max(config.server.max_request_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .layer(middleware::from_fn_with_state(gate, auth::authenticate))
+        .with_state(host.clone());
     Ok(Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(authed)
-        .layer(middleware::from_fn_with_state(state.clone(), origin::check))
-        .with_state(state))
+        .layer(middleware::from_fn_with_state(allowed, origin::check)))
 }

@@ -13,7 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
-use super::AppState;
+use std::sync::Arc;
+
 use crate::answer::ApiError;
 use crate::error::Error;
 
@@ -47,7 +48,11 @@ pub(super) struct Allowed {
 impl Allowed {
     /// Parses `[server] allowed_hosts` and `allowed_origins`; an entry that does not parse is a
     /// configuration error naming it.
-    pub(super) fn from_config(file: &str, hosts: &[String], origins: &[String]) -> Result<Self, Error> {
+    pub(super) fn from_config(
+        file: &str,
+        hosts: &[String],
+        origins: &[String],
+    ) -> Result<Self, Error> {
         let bad = |key: &str, entry: &str, what: &str| Error::Config {
             file: file.to_owned(),
             key: key.to_owned(),
@@ -61,7 +66,11 @@ impl Allowed {
                     .iter()
                     .map(|h| {
                         parse_host(h).ok_or_else(|| {
-                            bad("server.allowed_hosts", h, "a host name, an IP address, or host:port")
+                            bad(
+                                "server.allowed_hosts",
+                                h,
+                                "a host name, an IP address, or host:port",
+                            )
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
@@ -192,8 +201,12 @@ fn parse_allowed_origin(raw: &str) -> Option<OriginEntry> {
 }
 
 /// The middleware: 403 unless Host and Origin pass.
-pub(super) async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    if let Err(e) = checked(&s.allowed, &req) {
+pub(super) async fn check(
+    State(allowed): State<Arc<Allowed>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Err(e) = checked(&allowed, &req) {
         return e.into_response();
     }
     next.run(req).await

@@ -18,9 +18,12 @@ use capgate_core::task::{EndReason, Intent, TaskRecord};
 use capgate_core::time::rfc3339;
 use serde_json::json;
 
-use super::{APPROVAL_HEADER, AppState};
 use crate::answer::ApiError;
+use crate::host::Host;
 use crate::session::Credential;
+
+/// The header carrying an approval token (`capgate token approval`) with a task request.
+pub const APPROVAL_HEADER: &str = "capgate-approval";
 
 /// Runs store work off the async threads; a panic there is capgate's fault.
 async fn blocking<T: Send + 'static>(
@@ -36,20 +39,20 @@ fn store_fault(e: crate::error::Error) -> ApiError {
 }
 
 pub(super) async fn create(
-    State(s): State<AppState>,
+    State(host): State<Host>,
     ext: axum::Extension<Credential>,
     headers: HeaderMap,
     body: Result<Json<Intent>, JsonRejection>,
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
-    match issue(s, token, headers, body).await {
+    match issue(host, token, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
 async fn issue(
-    s: AppState,
+    host: Host,
     token: Arc<VerifiedToken>,
     headers: HeaderMap,
     body: Result<Json<Intent>, JsonRejection>,
@@ -81,14 +84,21 @@ async fn issue(
                 .map_err(|_| TokenError::NotApproval("the header is not ASCII".into()))
         })
         .transpose()
-        .map_err(ApiError::ApprovalRefused)?;
-    let host = s.host.clone();
+        .map_err(|error| ApiError::ApprovalRefused {
+            header: APPROVAL_HEADER,
+            error,
+        })?;
     let task = blocking(move || {
         if let Some(raw) = approval {
             let who = token.identity();
             match host.issuer().spend_approval(&raw, &who.agent, &who.tenant) {
                 Ok(by) => intent.approved_by = Some(by),
-                Err(CredentialError::Token(e)) => return Err(ApiError::ApprovalRefused(e)),
+                Err(CredentialError::Token(e)) => {
+                    return Err(ApiError::ApprovalRefused {
+                        header: APPROVAL_HEADER,
+                        error: e,
+                    });
+                }
                 Err(e) => return Err(ApiError::from(e)),
             }
         }
@@ -114,8 +124,8 @@ async fn issue(
 
 /// The task, if the presenting token speaks for it (see
 /// [`TaskLedger::speaks_for`](crate::ledger::TaskLedger::speaks_for)).
-fn owned_task(s: &AppState, token: &VerifiedToken, id: &str) -> Result<TaskRecord, ApiError> {
-    let ledger = s.host.ledger();
+fn owned_task(host: &Host, token: &VerifiedToken, id: &str) -> Result<TaskRecord, ApiError> {
+    let ledger = host.ledger();
     let found = ledger.task(id).and_then(|t| match t {
         Some(t) => Ok(ledger.speaks_for(token, &t)?.then_some(t)),
         None => Ok(None),
@@ -128,15 +138,15 @@ fn owned_task(s: &AppState, token: &VerifiedToken, id: &str) -> Result<TaskRecor
 }
 
 pub(super) async fn show(
-    State(s): State<AppState>,
+    State(host): State<Host>,
     Path(id): Path<String>,
     ext: axum::Extension<Credential>,
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
     blocking(move || {
-        let task = owned_task(&s, &token, &id)?;
-        s.host.telemetry().flush_usage();
-        let usage = s.host.ledger().store().usage(&id).map_err(store_fault)?;
+        let task = owned_task(&host, &token, &id)?;
+        host.telemetry().flush_usage();
+        let usage = host.ledger().store().usage(&id).map_err(store_fault)?;
         let active = task.is_active(std::time::SystemTime::now());
         Ok(Json(json!({"task": task, "active": active, "usage": usage})).into_response())
     })
@@ -145,29 +155,26 @@ pub(super) async fn show(
 }
 
 pub(super) async fn end(
-    State(s): State<AppState>,
+    State(host): State<Host>,
     Path(id): Path<String>,
     ext: axum::Extension<Credential>,
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
     blocking(move || {
-            let task = owned_task(&s, &token, &id)?;
-            let ended = s
-                .host
-                .end_task(&task.id, EndReason::Completed)
-                .map_err(store_fault)?;
-            Ok(match ended {
-                Some(t) => {
-                    Json(json!({"task_id": t.id, "ended": true, "end_reason": "completed"}))
-                }
-                None => Json(json!({
-                    "task_id": task.id,
-                    "ended": false,
-                    "already_ended": true,
-                    "end_reason": task.end_reason.map(|r| r.as_str()),
-                })),
-            }
-            .into_response())
+        let task = owned_task(&host, &token, &id)?;
+        let ended = host
+            .end_task(&task.id, EndReason::Completed)
+            .map_err(store_fault)?;
+        Ok(match ended {
+            Some(t) => Json(json!({"task_id": t.id, "ended": true, "end_reason": "completed"})),
+            None => Json(json!({
+                "task_id": task.id,
+                "ended": false,
+                "already_ended": true,
+                "end_reason": task.end_reason.map(|r| r.as_str()),
+            })),
+        }
+        .into_response())
     })
     .await
     .unwrap_or_else(IntoResponse::into_response)

@@ -1,0 +1,41 @@
+//! What every connection of a running host shares: the config, the verifier, the issuer and the
+//! call pipeline (door, telemetry, ledger).
+//!
+//! Invariant: built once by [`HostBuilder`](crate::HostBuilder) and never changed; sessions hold
+//! it behind an `Arc`.
+
+use std::sync::Arc;
+
+use capgate_authz::{Guard, Issuer, Verifier};
+
+use crate::config::Config;
+use crate::ledger::TaskLedger;
+use crate::pipeline::{HostDoor, Pipeline};
+use crate::telemetry::Telemetry;
+
+/// Shared state of a running host.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) issuer: Arc<Issuer>,
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Shared {
+    pub(crate) fn door(&self) -> &Arc<HostDoor> {
+        &self.pipeline.door
+    }
+
+    pub(crate) fn guard(&self) -> &Arc<Guard> {
+        &self.pipeline.door.stages().guard
+    }
+
+    pub(crate) fn ledger(&self) -> &Arc<TaskLedger> {
+        &self.pipeline.ledger
+    }
+
+    pub(crate) fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.pipeline.telemetry
+    }
+}

@@ -1,0 +1,93 @@
+//! Faults on demand: a task store that works (it is the real SQLite store underneath) until a
+//! test switches it to failing, to show that capgate reports its own faults as its own.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use capgate_core::task::{EndReason, TaskRecord};
+use capgate_server::Error;
+use capgate_server::store::{Revocation, SqliteStore, TaskStore, ToolUsage, UsageDelta};
+
+/// The SQLite store, failing every operation while [`FailingStore::fail`] is on.
+pub struct FailingStore {
+    inner: SqliteStore,
+    failing: AtomicBool,
+}
+
+impl FailingStore {
+    /// Opens the real store at `path`; it works until told otherwise.
+    pub fn open(path: &Path) -> Self {
+        FailingStore {
+            inner: SqliteStore::open(path).expect("open the store"),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Switches failing on or off.
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::io(
+                "reading the task store",
+                std::io::Error::other("injected fault: the disk is gone"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskStore for FailingStore {
+    fn insert_task(&self, task: &TaskRecord) -> Result<(), Error> {
+        self.check()?;
+        self.inner.insert_task(task)
+    }
+    fn task(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
+        self.check()?;
+        self.inner.task(id)
+    }
+    fn task_by_revocation_id(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
+        self.check()?;
+        self.inner.task_by_revocation_id(id)
+    }
+    fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
+        self.check()?;
+        self.inner.tasks(limit)
+    }
+    fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error> {
+        self.check()?;
+        self.inner.expired_unended(now)
+    }
+    fn end_task(
+        &self,
+        id: &str,
+        reason: EndReason,
+        at: SystemTime,
+    ) -> Result<Option<TaskRecord>, Error> {
+        self.check()?;
+        self.inner.end_task(id, reason, at)
+    }
+    fn revoke(&self, id: &str, reason: &str) -> Result<bool, Error> {
+        self.check()?;
+        self.inner.revoke(id, reason)
+    }
+    fn revocations(&self) -> Result<Vec<Revocation>, Error> {
+        self.check()?;
+        self.inner.revocations()
+    }
+    fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error> {
+        self.check()?;
+        self.inner.add_usage(deltas)
+    }
+    fn usage(&self, task_id: &str) -> Result<Vec<ToolUsage>, Error> {
+        self.check()?;
+        self.inner.usage(task_id)
+    }
+    fn change_counter(&self) -> Result<u64, Error> {
+        self.check()?;
+        self.inner.change_counter()
+    }
+}
