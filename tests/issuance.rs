@@ -650,3 +650,58 @@ async fn a_narrower_token_may_be_presented_per_call_in_meta() {
     );
     client.cancel().await.unwrap();
 }
+
+/// In-band `task_begin` acts on the call's own credential: a narrower token sent in `_meta`
+/// (the agent token with a block a sub-agent appended) bounds what the task may get, and the
+/// task token derives from it. The wider session token is not used instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_band_task_begin_acts_on_the_narrower_meta_token() {
+    let cg = Capgate::new();
+    let agent = cg.mint("narrow", "acme", &["fs_read", "fs_list"], &[]);
+    let narrower = attenuate(&agent, "check if tool($t), [\"fs_list\"].contains($t);");
+    let client = cg.stdio_client(Some(&agent)).await;
+    let begin = |tool: &str, meta: Option<&str>| {
+        let mut p = CallToolRequestParams::new("task_begin").with_arguments(args(
+            json!({"purpose": "narrowed", "tools": [tool], "resources": {tool: ["acme/docs/"]}}),
+        ));
+        if let Some(token) = meta {
+            let mut m = RequestMetaObject::default();
+            m.0.0
+                .insert("capgate/token".into(), Value::String(token.to_owned()));
+            p.meta = Some(m);
+        }
+        p
+    };
+    let r = client
+        .call_tool(begin("fs_read", Some(&narrower)))
+        .await
+        .unwrap();
+    let d = denial(&r);
+    assert_eq!(
+        d["reason"], "tool_not_granted",
+        "the narrowing block refused: {d}"
+    );
+    let listed = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 0, "no task was issued: {listed}");
+
+    let r = client
+        .call_tool(begin("fs_list", Some(&narrower)))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let token = r.structured_content.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blocks = biscuit_auth::UnverifiedBiscuit::from_base64(&token)
+        .unwrap()
+        .block_count();
+    assert_eq!(
+        blocks, 3,
+        "agent block, the sub-agent's block, the task block"
+    );
+    // Without `_meta` the session's own (wider) token applies.
+    let r = client.call_tool(begin("fs_read", None)).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    client.cancel().await.unwrap();
+}

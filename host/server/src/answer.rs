@@ -332,13 +332,13 @@ impl IntoResponse for ApiError {
                     body["error"] = json!("task_refused");
                     (StatusCode::FORBIDDEN, Json(body)).into_response()
                 }
-                _ => unavailable(
-                    if matches!(e, IssuanceError::Unrecorded(_)) {
-                        "audit_unavailable"
-                    } else {
-                        "store_unavailable"
-                    },
-                    &chain(&e),
+                IssuanceError::Unavailable(_) => unavailable("store_unavailable", &chain(&e)),
+                IssuanceError::Unrecorded(_) => unavailable("audit_unavailable", &chain(&e)),
+                // Building the token failed: a bug of capgate's, not a passing outage.
+                _ => json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    &format!("{}; this is capgate's fault, not the request's", chain(&e)),
                 ),
             },
         }

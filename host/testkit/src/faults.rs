@@ -2,17 +2,21 @@
 //! test switches it to failing, to show that capgate reports its own faults as its own.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use capgate_core::task::{EndReason, TaskRecord};
 use capgate_server::Error;
 use capgate_server::store::{Revocation, SqliteStore, TaskStore, ToolUsage, UsageDelta};
 
-/// The SQLite store, failing every operation while [`FailingStore::fail`] is on.
+/// The SQLite store, failing every operation while [`FailingStore::fail`] is on (or only the
+/// reading of revocations, with [`FailingStore::fail_revocations`]), and counting task
+/// look-ups by revocation id.
 pub struct FailingStore {
     inner: SqliteStore,
     failing: AtomicBool,
+    failing_revocations: AtomicBool,
+    lookups: AtomicU64,
 }
 
 impl FailingStore {
@@ -21,6 +25,8 @@ impl FailingStore {
         FailingStore {
             inner: SqliteStore::open(path).expect("open the store"),
             failing: AtomicBool::new(false),
+            failing_revocations: AtomicBool::new(false),
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -29,8 +35,23 @@ impl FailingStore {
         self.failing.store(on, Ordering::SeqCst);
     }
 
+    /// Switches failing on or off for reading revocations only (the change counter still
+    /// answers, so a reader learns that something changed and then cannot read it).
+    pub fn fail_revocations(&self, on: bool) {
+        self.failing_revocations.store(on, Ordering::SeqCst);
+    }
+
+    /// How many times a task was looked up by revocation id.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
     fn check(&self) -> Result<(), Error> {
-        if self.failing.load(Ordering::SeqCst) {
+        self.check_if(&self.failing)
+    }
+
+    fn check_if(&self, switch: &AtomicBool) -> Result<(), Error> {
+        if switch.load(Ordering::SeqCst) {
             return Err(Error::io(
                 "reading the task store",
                 std::io::Error::other("injected fault: the disk is gone"),
@@ -51,6 +72,7 @@ impl TaskStore for FailingStore {
     }
     fn task_by_revocation_id(&self, id: &str) -> Result<Option<TaskRecord>, Error> {
         self.check()?;
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.task_by_revocation_id(id)
     }
     fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
@@ -76,6 +98,7 @@ impl TaskStore for FailingStore {
     }
     fn revocations(&self) -> Result<Vec<Revocation>, Error> {
         self.check()?;
+        self.check_if(&self.failing_revocations)?;
         self.inner.revocations()
     }
     fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error> {

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::FsRoot;
-use super::io::{blocking, io_failed};
+use super::io::io_failed;
+use super::{FsRoot, FsTool};
 
 /// Arguments of `fs_list`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -21,19 +21,15 @@ pub(super) struct ListArgs {
 
 /// `fs_list`.
 pub(crate) fn fs_list(root: Arc<FsRoot>) -> impl capgate_core::Tool {
-    let (r1, r2, r3) = (root.clone(), root.clone(), root);
-    TypedTool::new(
-        "fs_list",
-        "List a directory inside the workspace: names, kinds and sizes.",
-        Operation::Read,
-        move |_args: ListArgs, resource, _ctx| {
-            let root = Arc::clone(&r1);
-            async move { blocking(move || list(&root, &resource)).await }
-        },
-    )
-    .title("List directory")
-    .resource(move |a: &ListArgs| r2.resource("path", a.path.as_deref().unwrap_or(".")))
-    .canonical_prefix(move |p| r3.canonical_prefix(p))
+    FsTool {
+        name: "fs_list",
+        title: "List directory",
+        description: "List a directory inside the workspace: names, kinds and sizes.",
+        operation: Operation::Read,
+        path: |root, a: &ListArgs| root.resource("path", a.path.as_deref().unwrap_or(".")),
+        work: |root, resource, _, _| list(root, resource),
+    }
+    .build(root)
 }
 
 pub(super) fn list(root: &FsRoot, resource: &Resource) -> Result<ToolOutput, ToolError> {

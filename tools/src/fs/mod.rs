@@ -21,18 +21,59 @@ mod write;
 
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use capgate_core::{Resource, ToolError};
+use capgate_core::{Operation, Resource, Tool, ToolContext, ToolError, ToolOutput, TypedTool};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::FsConfig;
+use io::blocking;
 
 pub(crate) use list::fs_list;
 pub(crate) use read::fs_read;
 pub(crate) use search::fs_search;
 pub(crate) use write::fs_write;
+
+/// What makes one filesystem tool: its words, its operation, the path its arguments name (after
+/// whatever checks of their own they need), and the work it does, on a blocking thread, on the
+/// resource the guard authorized.
+struct FsTool<A> {
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    operation: Operation,
+    /// The canonical resource the arguments name; refusing here refuses before the guard.
+    path: fn(&FsRoot, &A) -> Result<Resource, ToolError>,
+    /// The tool's effect, on the authorized resource.
+    work: fn(&FsRoot, &Resource, &A, &CancellationToken) -> Result<ToolOutput, ToolError>,
+}
+
+impl<A: DeserializeOwned + JsonSchema + Send + 'static> FsTool<A> {
+    /// The tool, over `root`: prefixes canonicalized like its resources, and the work run off
+    /// the async threads.
+    fn build(self, root: Arc<FsRoot>) -> impl Tool {
+        let (on_run, on_resource, on_prefix) = (Arc::clone(&root), Arc::clone(&root), root);
+        let (path, work) = (self.path, self.work);
+        TypedTool::new(
+            self.name,
+            self.description,
+            self.operation,
+            move |args: A, resource: Resource, ctx: ToolContext| {
+                let root = Arc::clone(&on_run);
+                let cancel = ctx.cancelled().clone();
+                async move { blocking(move || work(&root, &resource, &args, &cancel)).await }
+            },
+        )
+        .title(self.title)
+        .resource(move |args: &A| path(&on_resource, args))
+        .canonical_prefix(move |p| on_prefix.canonical_prefix(p))
+    }
+}
 
 /// The confinement root shared by the filesystem tools.
 pub struct FsRoot {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use base64::Engine;
 use cap_std::fs::OpenOptions;
 use capgate_core::rmcp::model::{ContentBlock, ResourceContents};
-use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::FsRoot;
-use super::io::{blocking, io_failed, open_regular};
+use super::io::{io_failed, open_regular};
+use super::{FsRoot, FsTool};
 
 /// Arguments of `fs_read`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -31,19 +31,15 @@ pub(super) struct ReadArgs {
 
 /// `fs_read`.
 pub(crate) fn fs_read(root: Arc<FsRoot>) -> impl capgate_core::Tool {
-    let (r1, r2, r3) = (root.clone(), root.clone(), root);
-    TypedTool::new(
-        "fs_read",
-        "Read a file inside the workspace. Text comes back as text, other files as base64.",
-        Operation::Read,
-        move |args: ReadArgs, resource, _ctx| {
-            let root = Arc::clone(&r1);
-            async move { blocking(move || read(&root, &resource, &args)).await }
-        },
-    )
-    .title("Read file")
-    .resource(move |a: &ReadArgs| r2.resource("path", &a.path))
-    .canonical_prefix(move |p| r3.canonical_prefix(p))
+    FsTool {
+        name: "fs_read",
+        title: "Read file",
+        description: "Read a file inside the workspace. Text comes back as text, other files as base64.",
+        operation: Operation::Read,
+        path: |root, a: &ReadArgs| root.resource("path", &a.path),
+        work: |root, resource, args, _| read(root, resource, args),
+    }
+    .build(root)
 }
 
 pub(super) fn read(

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cap_std::fs::OpenOptions;
-use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::FsRoot;
-use super::io::{blocking, io_failed, open_regular};
+use super::io::{io_failed, open_regular};
+use super::{FsRoot, FsTool};
 
 /// Arguments of `fs_search`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -32,30 +32,23 @@ pub(super) struct SearchArgs {
 
 /// `fs_search`.
 pub(crate) fn fs_search(root: Arc<FsRoot>) -> impl capgate_core::Tool {
-    let (r1, r2, r3) = (root.clone(), root.clone(), root);
-    TypedTool::new(
-        "fs_search",
-        "Search the text files under a directory of the workspace for a string or regular expression.",
-        Operation::Read,
-        move |args: SearchArgs, resource, ctx| {
-            let root = Arc::clone(&r1);
-            async move {
-                let cancel = ctx.cancelled().clone();
-                blocking(move || search(&root, &resource, &args, &cancel)).await
+    FsTool {
+        name: "fs_search",
+        title: "Search files",
+        description: "Search the text files under a directory of the workspace for a string or regular expression.",
+        operation: Operation::Read,
+        path: |root, a: &SearchArgs| {
+            if a.pattern.is_empty() {
+                return Err(ToolError::invalid("pattern", "must not be empty"));
             }
+            if a.regex {
+                build_regex(&a.pattern)?;
+            }
+            root.resource("path", a.path.as_deref().unwrap_or("."))
         },
-    )
-    .title("Search files")
-    .resource(move |a: &SearchArgs| {
-        if a.pattern.is_empty() {
-            return Err(ToolError::invalid("pattern", "must not be empty"));
-        }
-        if a.regex {
-            build_regex(&a.pattern)?;
-        }
-        r2.resource("path", a.path.as_deref().unwrap_or("."))
-    })
-    .canonical_prefix(move |p| r3.canonical_prefix(p))
+        work: search,
+    }
+    .build(root)
 }
 
 fn build_regex(pattern: &str) -> Result<regex::Regex, ToolError> {

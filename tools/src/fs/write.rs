@@ -4,13 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cap_std::fs::OpenOptions;
-use capgate_core::{Operation, Resource, ToolError, ToolOutput, TypedTool};
+use capgate_core::{Operation, Resource, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::FsRoot;
-use super::io::{blocking, io_failed, open_regular, temp_file};
+use super::io::{io_failed, open_regular, temp_file};
+use super::{FsRoot, FsTool};
 
 /// Arguments of `fs_write`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -30,31 +30,27 @@ pub(super) struct WriteArgs {
 
 /// `fs_write`.
 pub(crate) fn fs_write(root: Arc<FsRoot>) -> impl capgate_core::Tool {
-    let (r1, r2, r3) = (root.clone(), root.clone(), root);
-    TypedTool::new(
-        "fs_write",
-        "Write (or append to) a text file inside the workspace. Replacing is atomic.",
-        Operation::Write,
-        move |args: WriteArgs, resource, _ctx| {
-            let root = Arc::clone(&r1);
-            async move { blocking(move || write(&root, &resource, &args)).await }
+    FsTool {
+        name: "fs_write",
+        title: "Write file",
+        description: "Write (or append to) a text file inside the workspace. Replacing is atomic.",
+        operation: Operation::Write,
+        path: |root, a: &WriteArgs| {
+            if a.content.len() as u64 > root.limits.max_write_bytes {
+                return Err(ToolError::invalid(
+                    "content",
+                    format!(
+                        "{} bytes is over the {}-byte limit",
+                        a.content.len(),
+                        root.limits.max_write_bytes
+                    ),
+                ));
+            }
+            root.resource("path", &a.path)
         },
-    )
-    .title("Write file")
-    .resource(move |a: &WriteArgs| {
-        if a.content.len() as u64 > r2.limits.max_write_bytes {
-            return Err(ToolError::invalid(
-                "content",
-                format!(
-                    "{} bytes is over the {}-byte limit",
-                    a.content.len(),
-                    r2.limits.max_write_bytes
-                ),
-            ));
-        }
-        r2.resource("path", &a.path)
-    })
-    .canonical_prefix(move |p| r3.canonical_prefix(p))
+        work: |root, resource, args, _| write(root, resource, args),
+    }
+    .build(root)
 }
 
 pub(super) fn write(

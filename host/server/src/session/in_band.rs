@@ -31,55 +31,52 @@ pub(super) async fn begin(
     args: Option<Map<String, Value>>,
     ctx: &RequestContext<RoleServer>,
 ) -> Result<CallToolResult, McpError> {
-    {
-        let token = match state.call_credential(ctx) {
-            Ok(t) => t,
-            Err(e) => return Ok(answer::credential(&e)),
-        };
-        let mut intent: Intent =
-            match serde_json::from_value(Value::Object(args.unwrap_or_default())) {
-                Ok(i) => i,
-                Err(e) => return Ok(answer::bad_task_request(e.to_string())),
-            };
-        // The model cannot vouch for a human: approval comes only from the human, asked
-        // through elicitation below.
-        if intent.approved_by.is_some() {
-            return Ok(answer::bad_task_request(
-                "`approved_by` cannot be asserted in-band: when a tool needs approval, capgate asks the human through MCP elicitation".into(),
-            ));
-        }
-        let channel = match state.transport {
-            Transport::Http => Channel::McpHttp,
-            _ => Channel::Stdio,
-        };
-        let host = &state.host;
-        let mut outcome = issue(host, &token, intent.clone(), channel).await?;
-        if let Err(IssuanceError::Denied {
-            refusal,
-            tool,
-            resource,
-        }) = &outcome
-            && refusal.reason == "approval-required"
-            && host.config.policy.elicitation_approval
-            && let Some(approver) = ask_approval(&ctx.peer, &token, &intent, tool, resource).await
-        {
-            intent.approved_by = Some(approver);
-            outcome = issue(host, &token, intent, channel).await?;
-        }
-        let task = match outcome {
-            Ok(task) => task,
-            Err(e) => return Ok(answer::task_refused(&e)),
-        };
-        let verified = host
-            .verifier
-            .verify(&task.token)
-            .map_err(|e| McpError::internal_error(capgate_core::error::chain(&e), None))?;
-        *state.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(Binding {
-            token: verified,
-            task_id: task.record.id.clone(),
-        });
-        Ok(answer::task_begun(&task))
+    let token = match state.call_credential(ctx) {
+        Ok(t) => t,
+        Err(e) => return Ok(answer::credential(&e)),
+    };
+    let mut intent: Intent = match serde_json::from_value(Value::Object(args.unwrap_or_default())) {
+        Ok(i) => i,
+        Err(e) => return Ok(answer::bad_task_request(e.to_string())),
+    };
+    // The model cannot vouch for a human: approval comes only from the human, asked
+    // through elicitation below.
+    if intent.approved_by.is_some() {
+        return Ok(answer::bad_task_request(
+            "`approved_by` cannot be asserted in-band: when a tool needs approval, capgate asks the human through MCP elicitation".into(),
+        ));
     }
+    let channel = match state.transport {
+        Transport::Http => Channel::McpHttp,
+        _ => Channel::Stdio,
+    };
+    let host = &state.host;
+    let mut outcome = issue(host, &token, intent.clone(), channel).await?;
+    if let Err(IssuanceError::Denied {
+        refusal,
+        tool,
+        resource,
+    }) = &outcome
+        && refusal.reason == "approval-required"
+        && host.config.policy.elicitation_approval
+        && let Some(approver) = ask_approval(&ctx.peer, &token, &intent, tool, resource).await
+    {
+        intent.approved_by = Some(approver);
+        outcome = issue(host, &token, intent, channel).await?;
+    }
+    let task = match outcome {
+        Ok(task) => task,
+        Err(e) => return Ok(answer::task_refused(&e)),
+    };
+    let verified = host
+        .verifier
+        .verify(&task.token)
+        .map_err(|e| McpError::internal_error(capgate_core::error::chain(&e), None))?;
+    *state.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(Binding {
+        token: verified,
+        task_id: task.record.id.clone(),
+    });
+    Ok(answer::task_begun(&task))
 }
 
 /// `task_end`: ends a task of this agent (by default the one bound to this session).
@@ -88,65 +85,63 @@ pub(super) async fn end(
     args: Option<Map<String, Value>>,
     ctx: &RequestContext<RoleServer>,
 ) -> Result<CallToolResult, McpError> {
-    {
-        let token = match state.call_credential(ctx) {
-            Ok(t) => t,
-            Err(e) => return Ok(answer::credential(&e)),
-        };
-        let requested = match args.as_ref().and_then(|a| a.get("task_id")) {
-            None => None,
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(_) => {
-                return Ok(answer::bad_task_request(
-                    "`task_id` must be a string".into(),
-                ));
-            }
-        };
-        let binding = state
-            .binding
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let task_id = match (requested, &binding) {
-            (Some(id), _) => id,
-            (None, Some(b)) => b.task_id.clone(),
-            (None, None) => {
-                return Ok(answer::bad_task_request(
-                    "no task is bound to this session; pass `task_id`".into(),
-                ));
-            }
-        };
-        let host = Arc::clone(&state.host);
-        let id = task_id.clone();
-        // Only the agent a task was issued to may end it, through its agent token or a token of
-        // that very task (never one of a sibling task).
-        let ended = tokio::task::spawn_blocking(move || {
-            let ledger = host.ledger();
-            match ledger.task(&id)? {
-                Some(r) if ledger.speaks_for(&token, &r)? => Ok::<_, crate::error::Error>(Some(
-                    ledger.end_task(&r.id, EndReason::Completed)?.is_some(),
-                )),
-                _ => Ok(None),
-            }
-        })
-        .await;
-        let ended = match ended {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                return Ok(answer::task_refused(&IssuanceError::Unavailable(
-                    capgate_authz::StoreFault::new(e),
-                )));
-            }
-            Err(e) => return Err(McpError::internal_error(e.to_string(), None)),
-        };
-        let Some(ended) = ended else {
-            return Ok(answer::no_such_task(&task_id));
-        };
-        if binding.as_ref().is_some_and(|b| b.task_id == task_id) {
-            *state.binding.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let token = match state.call_credential(ctx) {
+        Ok(t) => t,
+        Err(e) => return Ok(answer::credential(&e)),
+    };
+    let requested = match args.as_ref().and_then(|a| a.get("task_id")) {
+        None => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => {
+            return Ok(answer::bad_task_request(
+                "`task_id` must be a string".into(),
+            ));
         }
-        Ok(answer::task_ended(&task_id, ended))
+    };
+    let binding = state
+        .binding
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let task_id = match (requested, &binding) {
+        (Some(id), _) => id,
+        (None, Some(b)) => b.task_id.clone(),
+        (None, None) => {
+            return Ok(answer::bad_task_request(
+                "no task is bound to this session; pass `task_id`".into(),
+            ));
+        }
+    };
+    let host = Arc::clone(&state.host);
+    let id = task_id.clone();
+    // Only the agent a task was issued to may end it, through its agent token or a token of
+    // that very task (never one of a sibling task).
+    let ended = tokio::task::spawn_blocking(move || {
+        let ledger = host.ledger();
+        match ledger.task(&id)? {
+            Some(r) if ledger.speaks_for(&token, &r)? => Ok::<_, crate::error::Error>(Some(
+                ledger.end_task(&r.id, EndReason::Completed)?.is_some(),
+            )),
+            _ => Ok(None),
+        }
+    })
+    .await;
+    let ended = match ended {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            return Ok(answer::task_refused(&IssuanceError::Unavailable(
+                capgate_authz::StoreFault::new(e),
+            )));
+        }
+        Err(e) => return Err(McpError::internal_error(e.to_string(), None)),
+    };
+    let Some(ended) = ended else {
+        return Ok(answer::no_such_task(&task_id));
+    };
+    if binding.as_ref().is_some_and(|b| b.task_id == task_id) {
+        *state.binding.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+    Ok(answer::task_ended(&task_id, ended))
 }
 
 /// Issues off the async threads: issuance reads and writes the store.

@@ -117,6 +117,22 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every task a one-parameter query returns.
+    fn task_rows(
+        &self,
+        sql: &str,
+        param: i64,
+        doing: &'static str,
+    ) -> Result<Vec<TaskRecord>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(sql).map_err(self.fail(doing))?;
+        let rows = stmt
+            .query_map([param], row_to_task)
+            .map_err(self.fail(doing))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.fail(doing))
+    }
+
     /// The error of a failed SQLite call, with what capgate was doing.
     fn fail(&self, doing: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |source| Error::Store {
@@ -249,27 +265,11 @@ impl TaskStore for SqliteStore {
     }
 
     fn tasks(&self, limit: usize) -> Result<Vec<TaskRecord>, Error> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(RECENT_TASKS)
-            .map_err(self.fail("listing tasks"))?;
-        let rows = stmt
-            .query_map([limit as i64], row_to_task)
-            .map_err(self.fail("listing tasks"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(self.fail("listing tasks"))
+        self.task_rows(RECENT_TASKS, limit as i64, "listing tasks")
     }
 
     fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(EXPIRED_UNENDED)
-            .map_err(self.fail("finding expired tasks"))?;
-        let rows = stmt
-            .query_map([millis(now)], row_to_task)
-            .map_err(self.fail("finding expired tasks"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(self.fail("finding expired tasks"))
+        self.task_rows(EXPIRED_UNENDED, millis(now), "finding expired tasks")
     }
 
     fn end_task(

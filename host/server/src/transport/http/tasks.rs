@@ -137,21 +137,32 @@ fn owned_task(host: &Host, token: &VerifiedToken, id: &str) -> Result<TaskRecord
     }
 }
 
+/// Runs `f` off the async threads on the task `id`, when the presenting token speaks for it.
+async fn on_owned_task(
+    host: Host,
+    ext: axum::Extension<Credential>,
+    id: String,
+    f: impl FnOnce(&Host, TaskRecord) -> Result<Response, ApiError> + Send + 'static,
+) -> Response {
+    let token = Arc::clone(&ext.0.0);
+    blocking(move || f(&host, owned_task(&host, &token, &id)?))
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 pub(super) async fn show(
     State(host): State<Host>,
     Path(id): Path<String>,
     ext: axum::Extension<Credential>,
 ) -> Response {
-    let token = Arc::clone(&ext.0.0);
-    blocking(move || {
-        let task = owned_task(&host, &token, &id)?;
+    on_owned_task(host, ext, id, |host, task| {
         host.telemetry().flush_usage();
-        let usage = host.ledger().store().usage(&id).map_err(store_fault)?;
+        let id = &task.id;
+        let usage = host.ledger().store().usage(id).map_err(store_fault)?;
         let active = task.is_active(std::time::SystemTime::now());
         Ok(Json(json!({"task": task, "active": active, "usage": usage})).into_response())
     })
     .await
-    .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn end(
@@ -159,9 +170,7 @@ pub(super) async fn end(
     Path(id): Path<String>,
     ext: axum::Extension<Credential>,
 ) -> Response {
-    let token = Arc::clone(&ext.0.0);
-    blocking(move || {
-        let task = owned_task(&host, &token, &id)?;
+    on_owned_task(host, ext, id, |host, task| {
         let ended = host
             .end_task(&task.id, EndReason::Completed)
             .map_err(store_fault)?;
@@ -177,5 +186,4 @@ pub(super) async fn end(
         .into_response())
     })
     .await
-    .unwrap_or_else(IntoResponse::into_response)
 }
