@@ -110,11 +110,30 @@ pub(crate) fn registry(
     if let Some(root) = root {
         builtin.fs.root = root;
     }
+    builtin.fs.hidden = own_state(config);
     let mut registry = Registry::new();
     capgate_tools::register_builtin(&mut registry, &builtin)?;
     extend(&mut registry, config)?;
     config.tools.check_claimed()?;
     Ok(registry)
+}
+
+/// Everything capgate itself keeps on disk: however the fs root is chosen (`serve --root .`),
+/// no tool may read or write it.
+fn own_state(config: &Config) -> Vec<PathBuf> {
+    let audit = config.audit_file();
+    let mut paths = vec![
+        config.state_dir.clone(),
+        config.root_key_file(),
+        config.store_file(),
+        audit.clone(),
+    ];
+    for i in 1..=config.audit.keep.max(1) {
+        let mut rotated = audit.clone().into_os_string();
+        rotated.push(format!(".{i}"));
+        paths.push(PathBuf::from(rotated));
+    }
+    paths
 }
 
 /// Splits `TOOL=PREFIX` flags into a map.

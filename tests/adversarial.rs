@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use capgate_testkit::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// POSTs a raw JSON-RPC tools/call to `/mcp` with an optional bearer token.
@@ -42,6 +43,40 @@ fn assert_401(resp: &reqwest::Response, why: &str) {
     );
 }
 
+/// Writes `x` to `path` with `fs_write` over raw HTTP presenting `token`: the request must be a
+/// 401 challenge, and the tool must not have run. The response, for its body.
+async fn write_gets_401(
+    cg: &Capgate,
+    server: &Server,
+    token: Option<&str>,
+    why: &str,
+    path: &str,
+) -> reqwest::Response {
+    let resp = raw_call(
+        server,
+        token,
+        "fs_write",
+        json!({"path": path, "content": "x"}),
+    )
+    .await;
+    assert_401(&resp, why);
+    assert!(!cg.root.join(path).exists(), "{why}: the tool ran");
+    resp
+}
+
+/// Asks the guard to write `x` to `path`: the denial's details, once it is sure no file was
+/// written.
+async fn write_denied(cg: &Capgate, client: &Client, path: &str) -> Value {
+    let d = call_denied(client, "fs_write", json!({"path": path, "content": "x"})).await;
+    assert!(!cg.root.join(path).exists(), "{path}: the tool ran: {d}");
+    d
+}
+
+/// A task of [`acme_agent`] over `tools` and `resources`; its token.
+fn acme_task(cg: &Capgate, tools: &[&str], resources: &[&str]) -> String {
+    cg.task(&acme_agent(cg), tools, resources).1
+}
+
 /// Flips one byte of the token's binary form (inside the last block's signature).
 fn forge(token: &str) -> String {
     let engine = base64::engine::general_purpose::URL_SAFE;
@@ -64,13 +99,11 @@ fn acme_agent(cg: &Capgate) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_tokens_get_401_and_nothing_runs() {
     let cg = Capgate::new();
-    let agent = acme_agent(&cg);
-    let (_id, task) = cg.task(&agent, &["fs_write"], &["fs_write=acme/out/"]);
+    let task = acme_task(&cg, &["fs_write"], &["fs_write=acme/out/"]);
     let foreign = {
         // A whole second installation: same vocabulary, another root key.
         let other = Capgate::new();
-        let a = acme_agent(&other);
-        other.task(&a, &["fs_write"], &["fs_write=acme/out/"]).1
+        acme_task(&other, &["fs_write"], &["fs_write=acme/out/"])
     };
     let server = cg.serve_http();
     let cases: Vec<(&str, Option<String>)> = vec![
@@ -84,15 +117,7 @@ async fn broken_tokens_get_401_and_nothing_runs() {
     ];
     for (i, (why, token)) in cases.iter().enumerate() {
         let path = format!("acme/out/pwned-{i}.txt");
-        let resp = raw_call(
-            &server,
-            token.as_deref(),
-            "fs_write",
-            json!({"path": path, "content": "x"}),
-        )
-        .await;
-        assert_401(&resp, why);
-        assert!(!cg.root.join(&path).exists(), "{why}: the tool ran");
+        write_gets_401(&cg, &server, token.as_deref(), why, &path).await;
     }
     // A 1 MiB bearer token never reaches capgate: the HTTP server refuses headers that large
     // (431) before any request handling. Nothing runs.
@@ -108,27 +133,19 @@ async fn broken_tokens_get_401_and_nothing_runs() {
     assert!(!cg.root.join("acme/out/huge.txt").exists());
     // The valid token still works: the refusals above were about the tokens.
     let client = server.client(&task).await;
-    let r = call(
+    call_ok(
         &client,
         "fs_write",
         json!({"path": "acme/out/ok.txt", "content": "ok"}),
     )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
+    .await;
 
     // Over stdio the same tokens are refused per call, as isError results: a forged token in
     // CAPGATE_TOKEN, and (environment variables cannot hold 1 MiB) a 1 MiB token presented per
     // call in `_meta`.
     let client = cg.stdio_client(Some(&forge(&task))).await;
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/stdio-pwned.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "token_bad_signature");
+    let d = write_denied(&cg, &client, "acme/out/stdio-pwned.txt").await;
+    assert_eq!(d["reason"], "token_bad_signature");
     assert_eq!(
         tool_names(&client).await,
         Vec::<String>::new(),
@@ -136,15 +153,11 @@ async fn broken_tokens_get_401_and_nothing_runs() {
     );
     client.cancel().await.unwrap();
     let client = cg.stdio_client(Some(&task)).await;
-    let mut params = rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
+    let write = call_params(
+        "fs_write",
         json!({"path": "acme/out/stdio-pwned.txt", "content": "x"}),
-    ));
-    let mut meta = rmcp::model::RequestMetaObject::default();
-    meta.0.0.insert(
-        "capgate/token".into(),
-        Value::String("A".repeat(1024 * 1024)),
     );
-    params.meta = Some(meta);
+    let params = with_token_in_meta(write, &"A".repeat(1024 * 1024));
     let r = client.call_tool(params).await.unwrap();
     assert_eq!(denial(&r)["reason"], "token_too_large");
     assert!(
@@ -157,14 +170,10 @@ async fn broken_tokens_get_401_and_nothing_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_agent_tokens_and_expired_tasks_get_401() {
     let cg = Capgate::new();
-    let short_agent = {
-        let out = cg.run(&[
-            "token", "mint", "--agent", "brief", "--tenant", "acme", "--tool", "fs_write", "--ttl",
-            "3s",
-        ]);
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let short_agent = cg.stdout_of(&[
+        "token", "mint", "--agent", "brief", "--tenant", "acme", "--tool", "fs_write", "--ttl",
+        "3s",
+    ]);
     let (_id, under_short_agent) = cg.task(&short_agent, &["fs_write"], &["fs_write=acme/out/"]);
     let agent = acme_agent(&cg);
     let v = cg
@@ -184,29 +193,18 @@ async fn expired_agent_tokens_and_expired_tasks_get_401() {
         ("task of an expired agent", &under_short_agent),
         ("expired task", &short_task),
     ] {
-        let resp = raw_call(
-            &server,
-            Some(token),
-            "fs_write",
-            json!({"path": "acme/out/late.txt", "content": "x"}),
-        )
-        .await;
-        assert_401(&resp, why);
+        let resp = write_gets_401(&cg, &server, Some(token), why, "acme/out/late.txt").await;
         let body: Value = resp.json().await.unwrap();
         assert!(
-            body["message"].as_str().unwrap().contains("expired")
-                || body["message"].as_str().unwrap().contains("revoked"),
+            message(&body).contains("expired") || message(&body).contains("revoked"),
             "{why}: {body}"
         );
     }
-    assert!(!cg.root.join("acme/out/late.txt").exists());
     // The reaper ends the expired task and revokes it.
     let id = v["task_id"].as_str().unwrap();
     let mut ended = false;
     for _ in 0..40 {
-        let out = cg.run(&["task", "show", id, "--json"]);
-        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-        if shown["task"]["end_reason"] == "expired" {
+        if cg.show_task(id)["task"]["end_reason"] == "expired" {
             ended = true;
             break;
         }
@@ -220,16 +218,12 @@ async fn ended_tasks_replay_as_401_with_their_derived_tokens_across_a_restart() 
     let cg = Capgate::new();
     let agent = acme_agent(&cg);
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(&agent)
-        .header("capgate-approval", cg.approval("lead", None))
-        .json(&json!({"purpose": "write a report", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]},
-                      "ttl": "10m"}))
-        .send()
+    let intent = json!({"purpose": "write a report", "tools": ["fs_write"],
+                        "resources": {"fs_write": ["acme/out/"]}, "ttl": "10m"});
+    let approval = cg.approval("lead", None);
+    let created: Value = server
+        .post_task(&agent, Some(&approval), &intent)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -244,64 +238,25 @@ async fn ended_tasks_replay_as_401_with_their_derived_tokens_across_a_restart() 
         ),
     );
     let sub = server.client(&derived).await;
-    let r = call(
-        &sub,
-        "fs_write",
-        json!({"path": "acme/out/sub.txt", "content": "from the sub-agent"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        r.is_error,
-        Some(false),
-        "derived tokens are accepted while valid: {r:?}"
-    );
-    let r = call(
-        &sub,
-        "fs_write",
-        json!({"path": "acme/out/other.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        denial(&r)["reason"],
-        "resource_not_granted",
-        "and can only narrow"
-    );
-    assert!(!cg.root.join("acme/out/other.txt").exists());
+    // Derived tokens are accepted while valid, and can only narrow.
+    let wrote = json!({"path": "acme/out/sub.txt", "content": "from the sub-agent"});
+    call_ok(&sub, "fs_write", wrote).await;
+    let d = write_denied(&cg, &sub, "acme/out/other.txt").await;
+    assert_eq!(d["reason"], "resource_not_granted", "{d}");
 
-    let resp = http
-        .delete(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.task_request(Method::DELETE, &id, &agent).await;
     assert_eq!(resp.status(), 200);
-    for (why, token) in [
-        ("ended task", &task),
-        ("token derived from the ended task", &derived),
-    ] {
-        let resp = raw_call(
-            &server,
-            Some(token),
-            "fs_write",
-            json!({"path": "acme/out/replay.txt", "content": "x"}),
-        )
-        .await;
-        assert_401(&resp, why);
+    let replays = [
+        ("ended task", task.as_str()),
+        ("token derived from the ended task", derived.as_str()),
+    ];
+    for (why, token) in replays {
+        write_gets_401(&cg, &server, Some(token), why, "acme/out/replay.txt").await;
     }
-    // An already-open session is refused too: revocation is checked on every request.
-    let r = sub
-        .call_tool(
-            rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
-                json!({"path": "acme/out/sub.txt", "content": "again"}),
-            )),
-        )
-        .await;
-    assert!(
-        r.is_err(),
-        "the open session of a revoked token is refused at the HTTP layer"
-    );
+    // An already-open session is refused too, at the HTTP layer: revocation is checked on every
+    // request.
+    let again = json!({"path": "acme/out/sub.txt", "content": "again"});
+    call_refused(&sub, "fs_write", again).await;
     assert_eq!(
         std::fs::read_to_string(cg.root.join("acme/out/sub.txt")).unwrap(),
         "from the sub-agent"
@@ -310,31 +265,14 @@ async fn ended_tasks_replay_as_401_with_their_derived_tokens_across_a_restart() 
     // A restart keeps every revocation.
     assert!(server.stop().success());
     let server = cg.serve_http();
-    for (why, token) in [
-        ("ended task after restart", &task),
-        ("derived token after restart", &derived),
-    ] {
-        let resp = raw_call(
-            &server,
-            Some(token),
-            "fs_write",
-            json!({"path": "acme/out/replay.txt", "content": "x"}),
-        )
-        .await;
-        assert_401(&resp, why);
+    for (why, token) in replays {
+        let why = format!("{why}, after a restart");
+        write_gets_401(&cg, &server, Some(token), &why, "acme/out/replay.txt").await;
     }
-    assert!(!cg.root.join("acme/out/replay.txt").exists());
     // Over stdio as well.
     let client = cg.stdio_client(Some(&task)).await;
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/replay.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "token_revoked");
-    assert!(!cg.root.join("acme/out/replay.txt").exists());
+    let d = write_denied(&cg, &client, "acme/out/replay.txt").await;
+    assert_eq!(d["reason"], "token_revoked");
     client.cancel().await.unwrap();
 }
 
@@ -355,10 +293,8 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
     let client = server.client(&task).await;
 
     // A tool that is not granted.
-    let r = call(&client, "fs_list", json!({"path": "acme/docs"}))
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["reason"], "tool_not_granted");
+    let d = call_denied(&client, "fs_list", json!({"path": "acme/docs"})).await;
+    assert_eq!(d["reason"], "tool_not_granted");
     // A resource outside the granted prefix: by `..`, through a symlink, percent-encoded.
     for path in [
         "acme/docs/../out/dotdot.txt",
@@ -366,13 +302,10 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
         "acme/docs/rlink/relative-symlink.txt",
         "acme/docs%2F..%2Fout/encoded.txt",
     ] {
-        let r = call(&client, "fs_write", json!({"path": path, "content": "x"}))
-            .await
-            .unwrap();
-        let d = denial(&r);
+        let d = write_denied(&cg, &client, path).await;
         assert_eq!(d["reason"], "resource_not_granted", "{path}: {d}");
         assert!(
-            d["message"].as_str().unwrap().contains("starts_with"),
+            message(&d).contains("starts_with"),
             "the failed check is named: {d}"
         );
     }
@@ -387,7 +320,7 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
     ] {
         let d = call_invalid(&client, tool, args).await;
         assert!(
-            d["message"].as_str().unwrap().contains("does not exist"),
+            message(&d).contains("does not exist"),
             "{tool}: the error says why: {d}"
         );
     }
@@ -404,23 +337,17 @@ async fn calls_outside_the_grant_are_denied_and_do_not_run() {
 
     // http_fetch: inside the prefix it fetches; `%2e%2e` normalizes outside it and is denied; an
     // encoded slash is refused as ambiguous. Only the allowed call reached the origin.
-    let r = call(
+    let r = call_ok(
         &client,
         "http_fetch",
         json!({"url": origin.url("/docs/page")}),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(text(&r), "hello from /docs/page", "{r:?}");
-    let r = call(
-        &client,
-        "http_fetch",
-        json!({"url": origin.url("/docs/%2e%2e/admin")}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "resource_not_granted");
-    assert_eq!(denial(&r)["resource"], origin.url("/admin"));
+    let dotdot = json!({"url": origin.url("/docs/%2e%2e/admin")});
+    let d = call_denied(&client, "http_fetch", dotdot).await;
+    assert_eq!(d["reason"], "resource_not_granted");
+    assert_eq!(d["resource"], origin.url("/admin"));
     let d = call_invalid(
         &client,
         "http_fetch",
@@ -442,48 +369,22 @@ async fn tenant_boundaries_hold_at_issuance_and_at_call_time() {
     let cg = Capgate::new();
     let agent = acme_agent(&cg);
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(&agent)
-        .json(&json!({"purpose": "peek", "tools": ["fs_read"], "resources": {"fs_read": ["globex/plans/"]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    let body: Value = resp.json().await.unwrap();
+    let peek = json!({"purpose": "peek", "tools": ["fs_read"], "resources": {"fs_read": ["globex/plans/"]}});
+    let body = server.post_task_refused(&agent, &peek, 403).await;
     assert_eq!(body["reason"], "cross-tenant", "{body}");
     assert!(body.get("token").is_none());
-    let resp = http
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(&agent)
-        .json(&json!({"purpose": "peek", "tools": ["fs_read"], "tenant": "globex"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["reason"],
-        "tenant-mismatch"
-    );
+    let other_tenant = json!({"purpose": "peek", "tools": ["fs_read"], "tenant": "globex"});
+    let body = server.post_task_refused(&agent, &other_tenant, 403).await;
+    assert_eq!(body["reason"], "tenant-mismatch", "{body}");
 
     // A task over all of fs_read still cannot reach another tenant's files.
     let (_id, task) = cg.task(&agent, &["fs_read"], &[]);
     let client = server.client(&task).await;
-    let r = call(
-        &client,
-        "fs_read",
-        json!({"path": "globex/plans/secret-plan.txt"}),
-    )
-    .await
-    .unwrap();
-    let d = denial(&r);
+    let secret = json!({"path": "globex/plans/secret-plan.txt"});
+    let d = call_denied(&client, "fs_read", secret).await;
     assert_eq!(d["reason"], "cross-tenant", "{d}");
-    assert!(!text(&r).contains("globex plan"));
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    assert!(!d["text"].as_str().unwrap().contains("globex plan"));
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     client.cancel().await.unwrap();
 }
 
@@ -497,31 +398,23 @@ async fn a_task_token_reaches_its_own_task_only() {
     let (b, b_token) = cg.task(&agent, &["fs_read"], &["fs_read=acme/docs/"]);
     let a_derived = attenuate(&a_token, "check if tool(\"fs_read\");");
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
-    let status = |method: reqwest::Method, id: &str, token: &str| {
-        http.request(method, format!("{}/v1/tasks/{id}", server.base()))
-            .bearer_auth(token)
-            .send()
-    };
-    for (method, id, token) in [
-        (reqwest::Method::GET, &a, &b_token),
-        (reqwest::Method::DELETE, &a, &b_token),
-        (reqwest::Method::GET, &b, &a_derived),
+    // A sibling's token gets 404s (and task A runs on); then its own derived token and the
+    // agent token reach their tasks.
+    for (method, id, token, want) in [
+        (Method::GET, &a, &b_token, 404),
+        (Method::DELETE, &a, &b_token, 404),
+        (Method::GET, &b, &a_derived, 404),
+        (Method::GET, &a, &a_derived, 200),
+        (Method::DELETE, &b, &agent, 200),
+        (Method::DELETE, &a, &a_derived, 200),
     ] {
-        let resp = status(method.clone(), id, token).await.unwrap();
-        assert_eq!(resp.status(), 404, "{method} with a sibling's token");
+        let resp = server.task_request(method.clone(), id, token).await;
+        assert_eq!(resp.status(), want, "{method} {id}");
+        if want == 404 {
+            let shown = cg.show_task(&a);
+            assert!(shown["task"]["end_reason"].is_null(), "task A still runs");
+        }
     }
-    let shown: Value =
-        serde_json::from_slice(&cg.run(&["task", "show", &a, "--json"]).stdout).unwrap();
-    assert!(shown["task"]["end_reason"].is_null(), "task A still runs");
-    let resp = status(reqwest::Method::GET, &a, &a_derived).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = status(reqwest::Method::DELETE, &b, &agent).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = status(reqwest::Method::DELETE, &a, &a_derived)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
 }
 
 /// A tenant's URL prefix written in another spelling (scheme case, default port, a trailing
@@ -533,28 +426,19 @@ async fn tenant_url_prefixes_hold_in_any_spelling() {
     let cg = Capgate::with_config(&format!(
         "[tenants.initech]\nresources = [\"HTTP://{addr}/initech/\"]\n"
     ));
-    let agent = acme_agent(&cg);
-    let (_id, task) = cg.task(&agent, &["http_fetch"], &[]);
+    let task = acme_task(&cg, &["http_fetch"], &[]);
     let server = cg.serve_http();
     let client = server.client(&task).await;
     for url in [
         origin.url("/initech/plans"),
         format!("HTTP://{addr}/initech/plans"),
     ] {
-        let r = call(&client, "http_fetch", json!({"url": url}))
-            .await
-            .unwrap();
-        assert_eq!(denial(&r)["reason"], "cross-tenant", "{url}");
+        let d = call_denied(&client, "http_fetch", json!({"url": url})).await;
+        assert_eq!(d["reason"], "cross-tenant", "{url}");
     }
     assert_eq!(origin.hits(), 0, "no request reached the other tenant");
-    let r = call(
-        &client,
-        "http_fetch",
-        json!({"url": origin.url("/docs/page")}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let page = json!({"url": origin.url("/docs/page")});
+    call_ok(&client, "http_fetch", page).await;
     assert_eq!(origin.hits(), 1);
     client.cancel().await.unwrap();
 }
@@ -562,8 +446,7 @@ async fn tenant_url_prefixes_hold_in_any_spelling() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     let cg = Capgate::new();
-    let agent = acme_agent(&cg);
-    let (_id, task) = cg.task(&agent, &["fs_read"], &["fs_read=acme/docs/"]);
+    let task = acme_task(&cg, &["fs_read"], &["fs_read=acme/docs/"]);
     let server = cg.serve_http();
 
     // A block that asserts rights, grants and a task of its own: facts of later blocks are not
@@ -578,23 +461,11 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
         tool_names(&client).await,
         vec!["fs_read", "task_begin", "task_end"]
     );
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/docs/w.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "tool_not_granted");
-    assert!(!cg.root.join("acme/docs/w.txt").exists());
-    let r = call(
-        &client,
-        "fs_read",
-        json!({"path": "acme/out/../../shared/common.txt"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "resource_not_granted");
+    let d = write_denied(&cg, &client, "acme/docs/w.txt").await;
+    assert_eq!(d["reason"], "tool_not_granted");
+    let shared = json!({"path": "acme/out/../../shared/common.txt"});
+    let d = call_denied(&client, "fs_read", shared).await;
+    assert_eq!(d["reason"], "resource_not_granted");
     client.cancel().await.unwrap();
 
     // A block whose rules explode (50 x 50 pairs, then more) is stopped by the fact limit the
@@ -620,24 +491,10 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
     .expect("a Datalog bomb must not hang the server");
     assert_401(&resp, "a Datalog bomb");
     let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("exceeds the run limits"),
-        "{body}"
-    );
+    assert!(message(&body).contains("exceeds the run limits"), "{body}");
     assert!(!cg.root.join("acme/docs/bomb.txt").exists());
     let client = cg.stdio_client(Some(&bomb)).await;
-    let r = tokio::time::timeout(
-        Duration::from_secs(30),
-        call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})),
-    )
-    .await
-    .expect("a Datalog bomb must not hang the guard")
-    .unwrap();
-    let d = denial(&r);
-    assert_eq!(d["reason"], "run_limit", "{d}");
+    stopped_by_run_limit(&client).await;
     client.cancel().await.unwrap();
     // A bomb that only goes off with the call's facts (its rules need `tool($t)`) reads fine,
     // and is stopped by the guard's own run limits instead: an isError denial naming them.
@@ -648,57 +505,39 @@ async fn sub_agent_blocks_cannot_widen_and_datalog_bombs_stop_at_the_limits() {
         ),
     );
     let client = server.client(&delayed).await;
-    let r = tokio::time::timeout(
-        Duration::from_secs(30),
-        call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})),
-    )
-    .await
-    .expect("a Datalog bomb must not hang the guard")
-    .unwrap();
-    let d = denial(&r);
-    assert_eq!(d["reason"], "run_limit", "{d}");
-    assert!(
-        d["message"].as_str().unwrap().contains("[guard] limits"),
-        "{d}"
-    );
+    let d = stopped_by_run_limit(&client).await;
+    assert!(message(&d).contains("[guard] limits"), "{d}");
     client.cancel().await.unwrap();
+    // A legitimate token passes under the same limits.
     let client = server.client(&task).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.is_error,
-        Some(false),
-        "a legitimate token passes under the same limits"
-    );
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     client.cancel().await.unwrap();
+}
+
+/// Reads a file under a token whose Datalog explodes: the guard must answer promptly, with a
+/// `run_limit` denial (its details returned).
+async fn stopped_by_run_limit(client: &Client) -> Value {
+    let read = call_denied(client, "fs_read", json!({"path": "acme/docs/readme.txt"}));
+    let d = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a Datalog bomb must not hang the guard");
+    assert_eq!(d["reason"], "run_limit", "{d}");
+    d
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn arg_constraints_are_enforced_before_the_tool_runs() {
     let cg = Capgate::new();
-    let agent = acme_agent(&cg);
-    let (_id, task) = cg.task(&agent, &["fs_write"], &["fs_write=acme/out/"]);
+    let task = acme_task(&cg, &["fs_write"], &["fs_write=acme/out/"]);
     // The sub-agent may only append.
     let append_only = attenuate(&task, "check if arg(\"append\", true);");
     let client = cg.stdio_client(Some(&append_only)).await;
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/log.txt", "content": "replace"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "arg_constraint");
+    let replace = json!({"path": "acme/out/log.txt", "content": "replace"});
+    let d = call_denied(&client, "fs_write", replace).await;
+    assert_eq!(d["reason"], "arg_constraint");
     assert!(!cg.root.join("acme/out/log.txt").exists());
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/log.txt", "content": "line\n", "append": true}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let append = json!({"path": "acme/out/log.txt", "content": "line\n", "append": true});
+    call_ok(&client, "fs_write", append).await;
     assert_eq!(
         std::fs::read_to_string(cg.root.join("acme/out/log.txt")).unwrap(),
         "line\n"
@@ -717,6 +556,11 @@ async fn tools_list_shows_exactly_what_the_token_can_call() {
     );
     let narrower = attenuate(&task, "check if tool($t), [\"fs_read\"].contains($t);");
     let server = cg.serve_http();
+    // The agent token alone reaches no tool.
+    let client = server.client(&agent).await;
+    let d = call_denied(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    assert_eq!(d["reason"], "task-required");
+    client.cancel().await.unwrap();
     for (token, want) in [
         (&agent, vec!["task_begin", "task_end"]),
         (&task, vec!["fs_list", "fs_read", "task_begin", "task_end"]),
@@ -726,26 +570,15 @@ async fn tools_list_shows_exactly_what_the_token_can_call() {
         assert_eq!(tool_names(&client).await, want);
         client.cancel().await.unwrap();
     }
-    // The agent token alone reaches no tool.
-    let client = server.client(&agent).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["reason"], "task-required");
-    client.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_task_requests_mint_nothing() {
     let cg = Capgate::new();
-    let reader = cg.mint(
-        "reader",
-        "acme",
-        &["fs_read", "fs_write"],
-        &["fs_read=acme/docs/"],
-    );
+    // Writing is among its rights, but needs an approval it never has.
+    let rights = ["fs_read", "fs_write"];
+    let reader = cg.mint("reader", "acme", &rights, &["fs_read=acme/docs/"]);
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
     let cases = [
         (
             "ttl-too-long",
@@ -769,20 +602,11 @@ async fn refused_task_requests_mint_nothing() {
         ),
     ];
     for (rule, intent) in cases {
-        let resp = http
-            .post(format!("{}/v1/tasks", server.base()))
-            .bearer_auth(&reader)
-            .json(&intent)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.post_task(&reader, None, &intent).await;
         assert_eq!(resp.status(), 403, "{rule}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["reason"], rule, "{body}");
-        assert!(
-            body["message"].as_str().unwrap().contains(rule),
-            "the rule is named: {body}"
-        );
+        assert!(message(&body).contains(rule), "the rule is named: {body}");
         assert!(body.get("token").is_none());
     }
     // Malformed requests are 400 with a message, not a refusal or a crash.
@@ -791,13 +615,7 @@ async fn refused_task_requests_mint_nothing() {
         json!({"purpose": "p", "tools": ["nope"]}),
         json!({"purpose": "p", "tools": ["fs_read"], "ttl": "soon"}),
     ] {
-        let resp = http
-            .post(format!("{}/v1/tasks", server.base()))
-            .bearer_auth(&reader)
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.post_task(&reader, None, &bad).await;
         assert_eq!(resp.status(), 400, "{bad}");
     }
     // The CLI refuses the same way, with the rule.
@@ -806,13 +624,7 @@ async fn refused_task_requests_mint_nothing() {
         .unwrap_err();
     assert!(err.contains("ttl-too-long"), "{err}");
     // No task record exists.
-    let out = cg.run(&["task", "list"]);
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "",
-        "no task was recorded"
-    );
+    assert_eq!(cg.task_list(), "", "no task was recorded");
     // Every refusal is in the audit log: five policy refusals and two invalid requests over
     // HTTP, one from the CLI. (The body without `purpose` never became a request.)
     let refusals = cg

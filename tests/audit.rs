@@ -9,17 +9,21 @@ use std::time::{Duration, Instant};
 use capgate_testkit::*;
 use serde_json::{Value, json};
 
+/// An agent of `acme` called `name`, and a task of it that may read and write all of `acme/`:
+/// (agent token, task id, task token).
+fn read_write_task(cg: &Capgate, name: &str) -> (String, String, String) {
+    let tools = ["fs_read", "fs_write"];
+    let agent = cg.mint(name, "acme", &tools, &[]);
+    let (id, token) = cg.task(&agent, &tools, &["fs_read=acme/", "fs_write=acme/"]);
+    (agent, id, token)
+}
+
 /// SIGKILL while four clients stream calls: the log's complete lines all parse, and each call a
 /// client got an answer for is in it (the line is written before the answer is sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_every_complete_audit_line_parses() {
     let cg = Capgate::new();
-    let agent = cg.mint("agent-kill", "acme", &["fs_read", "fs_write"], &[]);
-    let (task_id, token) = cg.task(
-        &agent,
-        &["fs_read", "fs_write"],
-        &["fs_read=acme/", "fs_write=acme/"],
-    );
+    let (_agent, task_id, token) = read_write_task(&cg, "agent-kill");
     let server = cg.serve_http();
     let answered = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -99,12 +103,7 @@ async fn after_sigkill_every_complete_audit_line_parses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_audit_log_refuses_calls_before_they_run() {
     let cg = Capgate::new();
-    let agent = cg.mint("agent-full", "acme", &["fs_read", "fs_write"], &[]);
-    let (_, token) = cg.task(
-        &agent,
-        &["fs_read", "fs_write"],
-        &["fs_read=acme/", "fs_write=acme/"],
-    );
+    let (agent, _id, token) = read_write_task(&cg, "agent-full");
     // From here on the audit log cannot be written.
     cg.append_config("[audit]\npath = \"/dev/full\"\n");
     // An issuance that cannot be recorded does not stand: no token is handed out, and the task
@@ -113,41 +112,27 @@ async fn an_unwritable_audit_log_refuses_calls_before_they_run() {
         .begin_cli(&agent, "unrecorded", &["fs_read"], &["fs_read=acme/"], &[])
         .unwrap_err();
     assert!(refused.contains("audit log"), "{refused}");
-    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    let tasks = cg.task_list();
     let unrecorded: Vec<&str> = tasks.lines().filter(|l| l.contains("unrecorded")).collect();
     assert_eq!(unrecorded.len(), 1, "{tasks}");
     assert!(unrecorded[0].contains("revoked"), "{tasks}");
     let server = cg.serve_http();
     let client = server.client(&token).await;
 
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/new.txt", "content": "must not land"}),
-    )
-    .await
-    .unwrap();
-    let d = denial(&r);
+    let write = json!({"path": "acme/out/new.txt", "content": "must not land"});
+    let d = call_denied(&client, "fs_write", write).await;
     assert_eq!(d["reason"], "audit_unavailable", "{d}");
-    assert!(
-        text(&r).contains("audit log"),
-        "the agent is told why: {}",
-        text(&r)
-    );
+    let told = d["text"].as_str().unwrap();
+    assert!(told.contains("audit log"), "the agent is told why: {told}");
     assert!(
         !cg.root.join("acme/out/new.txt").exists(),
         "fs_write did not run"
     );
 
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["reason"], "audit_unavailable");
-    assert!(
-        !text(&r).contains("acme readme"),
-        "fs_read did not run: {}",
-        text(&r)
-    );
+    let d = call_denied(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    assert_eq!(d["reason"], "audit_unavailable");
+    let told = d["text"].as_str().unwrap();
+    assert!(!told.contains("acme readme"), "fs_read did not run: {told}");
     client.cancel().await.unwrap();
 }
 
@@ -190,36 +175,16 @@ async fn task_show_puts_intent_beside_action() {
     let server = cg.serve_http();
     let client = server.client(&token).await;
     for path in ["acme/docs/readme.txt", "acme/docs/notes.md"] {
-        let r = call(&client, "fs_read", json!({"path": path}))
-            .await
-            .unwrap();
-        assert_eq!(r.is_error, Some(false), "{r:?}");
+        call_ok(&client, "fs_read", json!({"path": path})).await;
     }
-    let r = call(
-        &client,
-        "fs_read",
-        json!({"path": "globex/plans/secret-plan.txt"}),
-    )
-    .await
-    .unwrap();
-    denial(&r);
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/report.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    denial(&r);
+    // One call outside the grant, one of a tool never asked for.
+    let secret = json!({"path": "globex/plans/secret-plan.txt"});
+    call_denied(&client, "fs_read", secret).await;
+    let report = json!({"path": "acme/out/report.txt", "content": "x"});
+    call_denied(&client, "fs_write", report).await;
     client.cancel().await.unwrap();
 
-    let out = cg.run(&["task", "show", &task_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown = String::from_utf8(out.stdout).unwrap();
+    let shown = cg.stdout_of(&["task", "show", &task_id]);
     assert!(
         shown.contains(&format!("task      {task_id}  [active]")),
         "{shown}"
@@ -267,13 +232,7 @@ async fn task_show_puts_intent_beside_action() {
     assert!(denials[0].contains("fs_read") && denials[0].contains("secret-plan.txt"));
     assert!(denials[1].contains("fs_write") && denials[1].contains("report.txt"));
 
-    let out = cg.run(&["task", "show", &task_id, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = cg.show_task(&task_id);
     assert_eq!(j["actions"]["fs_read"]["calls"], 3);
     assert_eq!(j["actions"]["fs_read"]["allowed"], 2);
     assert_eq!(j["actions"]["fs_read"]["denied"], 1);
@@ -282,14 +241,8 @@ async fn task_show_puts_intent_beside_action() {
     assert_eq!(j["denials"].as_array().unwrap().len(), 2);
 
     // Ended, the header says so.
-    let out = cg.run(&["task", "end", &task_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cg.run(&["task", "show", &task_id]);
-    let shown = String::from_utf8(out.stdout).unwrap();
+    cg.stdout_of(&["task", "end", &task_id]);
+    let shown = cg.stdout_of(&["task", "show", &task_id]);
     assert!(shown.contains("[ended (completed)]"), "{shown}");
     drop(server);
 }

@@ -1,26 +1,23 @@
 //! The operator's commands: keys, policy checks, and startup refusals.
 
 use capgate_testkit::*;
+use serde_json::json;
 
 #[test]
 fn keys_init_refuses_to_overwrite_without_force() {
     let cg = Capgate::new();
     let key = cg.state().join("root.key");
     let before = std::fs::read_to_string(&key).unwrap();
-    let out = cg.run(&["keys", "init"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert!(cg.stderr_of_failure(&["keys", "init"]).contains("--force"));
     assert_eq!(
         std::fs::read_to_string(&key).unwrap(),
         before,
         "the key is untouched"
     );
     let agent = cg.mint("a", "acme", &["fs_read"], &[]);
-    let out = cg.run(&["keys", "init", "--force"]);
-    assert!(out.status.success());
-    let public = String::from_utf8(out.stdout).unwrap();
+    let public = cg.stdout_of(&["keys", "init", "--force"]);
     assert!(
-        public.trim().starts_with("ed25519/") && public.trim().len() == 8 + 64,
+        public.starts_with("ed25519/") && public.len() == 8 + 64,
         "{public}"
     );
     assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
@@ -37,22 +34,14 @@ fn keys_init_refuses_to_overwrite_without_force() {
             0o600
         );
     }
-    let out = cg.run(&["keys", "show"]);
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), public);
+    assert_eq!(cg.stdout_of(&["keys", "show"]), public);
 }
 
 #[test]
 fn policy_check_reports_parse_errors_with_file_and_line_and_serve_refuses_them() {
     let cg = Capgate::new();
-    let out = cg.run(&["policy", "check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok: policies/invocation.datalog (shipped)")
-    );
+    let checked = cg.stdout_of(&["policy", "check"]);
+    assert!(checked.contains("ok: policies/invocation.datalog (shipped)"));
 
     let bad = cg.base().join("broken.datalog");
     std::fs::write(
@@ -65,9 +54,7 @@ fn policy_check_reports_parse_errors_with_file_and_line_and_serve_refuses_them()
         &["policy", "check"][..],
         &["serve", "--http", "127.0.0.1:0"][..],
     ] {
-        let out = cg.run(args);
-        assert!(!out.status.success(), "{args:?} must fail");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = cg.stderr_of_failure(args);
         assert!(
             err.contains(&format!("{}:3:", bad.display())),
             "{args:?}: {err}"
@@ -98,55 +85,29 @@ fn predicates_outside_the_vocabulary_are_warned_about() {
 #[test]
 fn bad_cli_input_gets_a_clear_error() {
     let cg = Capgate::new();
-    let out = cg.run(&[
-        "token",
-        "mint",
-        "--agent",
-        "a",
-        "--tenant",
-        "t",
-        "--tool",
-        "no_such_tool",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tool `no_such_tool`"));
-    let out = cg.run(&[
-        "token",
-        "mint",
-        "--agent",
-        "a",
-        "--tenant",
-        "t",
-        "--tool",
-        "fs_read",
-        "--resource",
-        "fs_read",
-    ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected TOOL=PREFIX"));
-    let out = cg.run(&[
-        "token",
-        "mint",
-        "--agent",
-        "a",
-        "--tenant",
-        "t",
-        "--tool",
-        "fs_read",
-        "--resource",
-        "fs_read=../../etc",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("outside the tool root"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cg.run(&["token", "inspect", "garbage!"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed token"));
-    let out = cg.run(&["task", "end", "no-such-task"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no task `no-such-task`"));
+    for (grant, says) in [
+        (
+            &["--tool", "no_such_tool"][..],
+            "unknown tool `no_such_tool`",
+        ),
+        (
+            &["--tool", "fs_read", "--resource", "fs_read"][..],
+            "expected TOOL=PREFIX",
+        ),
+        (
+            &["--tool", "fs_read", "--resource", "fs_read=../../etc"][..],
+            "outside the tool root",
+        ),
+    ] {
+        let mut mint = vec!["token", "mint", "--agent", "a", "--tenant", "t"];
+        mint.extend(grant);
+        let err = cg.stderr_of_failure(&mint);
+        assert!(err.contains(says), "{grant:?}: {err}");
+    }
+    let err = cg.stderr_of_failure(&["token", "inspect", "garbage!"]);
+    assert!(err.contains("malformed token"), "{err}");
+    let err = cg.stderr_of_failure(&["task", "end", "no-such-task"]);
+    assert!(err.contains("no task `no-such-task`"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,40 +117,16 @@ async fn revoking_an_agent_token_kills_its_tasks_even_in_a_running_server() {
     let (_id, task) = cg.task(&agent, &["fs_write"], &["fs_write=acme/out/"]);
     let server = cg.serve_http();
     let client = server.client(&task).await;
-    let r = call(
-        &client,
-        "fs_write",
-        serde_json::json!({"path": "acme/out/a.txt", "content": "a"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    let a = json!({"path": "acme/out/a.txt", "content": "a"});
+    call_ok(&client, "fs_write", a).await;
     // Another process (the CLI) revokes the agent token while the server runs.
-    let out = cg.run(&["token", "revoke", &agent, "--reason", "compromised"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = client
-        .call_tool(
-            rmcp::model::CallToolRequestParams::new("fs_write").with_arguments(args(
-                serde_json::json!({"path": "acme/out/b.txt", "content": "b"}),
-            )),
-        )
-        .await;
-    assert!(
-        r.is_err(),
-        "the open session is refused at the HTTP layer: {r:?}"
-    );
+    cg.stdout_of(&["token", "revoke", &agent, "--reason", "compromised"]);
+    // The open session is refused at the HTTP layer.
+    let b = json!({"path": "acme/out/b.txt", "content": "b"});
+    call_refused(&client, "fs_write", b).await;
     assert!(!cg.root.join("acme/out/b.txt").exists());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(&agent)
-        .json(&serde_json::json!({"purpose": "again", "tools": ["fs_write"], "approved_by": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let again = json!({"purpose": "again", "tools": ["fs_write"], "approved_by": "x"});
+    let resp = server.post_task(&agent, None, &again).await;
     assert_eq!(resp.status(), 401);
     assert!(resp.text().await.unwrap().contains("compromised"));
 }
@@ -200,23 +137,19 @@ async fn revoking_an_agent_token_kills_its_tasks_even_in_a_running_server() {
 fn the_host_check_is_never_off_by_accident() {
     let empty = Capgate::new();
     empty.append_config("[server]\nallowed_hosts = []\n");
-    let out = empty.run(&["serve", "--http", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = empty.stderr_of_failure(&["serve", "--http", "127.0.0.1:0"]);
     assert!(err.contains("server.allowed_hosts"), "{err}");
 
     let any = Capgate::with_config("[server]\nallowed_hosts = [\"*\"]\n");
     let token_file = any.base().join("dev-token");
     std::fs::write(&token_file, any.mint("dev", "acme", &["fs_read"], &[])).unwrap();
-    let out = any.run(&[
+    let err = any.stderr_of_failure(&[
         "serve",
         "--http",
         "127.0.0.1:0",
         "--dev-headerless-token",
         token_file.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("server.allowed_hosts") && err.contains("header-less"),
         "{err}"

@@ -268,16 +268,7 @@ impl Installation {
 
     /// `conformance_pack --config <scratch config>`, isolated from the caller's environment.
     fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.pack);
-        c.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("CAPGATE_TOKEN")
-            .env_remove("CAPGATE_CONFIG")
-            .env_remove("CAPGATE_ROOT_KEY_FILE")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        c
+        capgate_testkit::install::isolated_cmd(&self.pack, self.dir.path(), &self.config)
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.

@@ -37,60 +37,30 @@ async fn custom_tools_are_hosted_behind_the_same_guard() {
     )
     .await;
     assert_eq!(d["field"], "priority", "{d}");
-    let r = call(
-        &client,
-        "ticket_create",
-        json!({"project": "web", "title": "Login button broken"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    assert_eq!(r.structured_content.as_ref().unwrap()["id"], 1);
+    let login = json!({"project": "web", "title": "Login button broken"});
+    let r = call_ok(&client, "ticket_create", login).await;
+    assert_eq!(structured(&r)["id"], 1);
     // Outside the agent's project prefix (and so the task's): denied, nothing created; the
     // operator's rule is named first, the task block's failed check is listed too.
-    let r = call(
-        &client,
-        "ticket_create",
-        json!({"project": "payments", "title": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "resource-outside-agent-prefix");
-    let checks = denial(&r)["failed_checks"].as_array().unwrap().clone();
+    let payments = json!({"project": "payments", "title": "x"});
+    let d = call_denied(&client, "ticket_create", payments).await;
+    assert_eq!(d["reason"], "resource-outside-agent-prefix");
+    let checks = d["failed_checks"].as_array().unwrap().clone();
     assert!(
         checks
             .iter()
             .any(|c| c["rule"] == "resource_not_granted" && c["source"] == "block 1"),
         "{checks:?}"
     );
-    assert_eq!(denial(&r)["resource"], "ticket:payments/");
+    assert_eq!(d["resource"], "ticket:payments/");
     // The TypedTool reads what the DynamicTool wrote.
-    let r = call(&client, "ticket_get", json!({"project": "web", "id": 1}))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.structured_content.as_ref().unwrap()["title"],
-        "Login button broken"
-    );
-    let r = call(
-        &client,
-        "ticket_create",
-        json!({"project": "web", "title": "Second"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        r.structured_content.as_ref().unwrap()["id"],
-        2,
-        "the denied call created nothing"
-    );
-    let r = call(
-        &client,
-        "ticket_get",
-        json!({"project": "payments", "id": 2}),
-    )
-    .await
-    .unwrap();
+    let r = call_ok(&client, "ticket_get", json!({"project": "web", "id": 1})).await;
+    assert_eq!(structured(&r)["title"], "Login button broken");
+    let second = json!({"project": "web", "title": "Second"});
+    let r = call_ok(&client, "ticket_create", second).await;
+    assert_eq!(structured(&r)["id"], 2, "the denied call created nothing");
+    let missing = json!({"project": "payments", "id": 2});
+    let r = call(&client, "ticket_get", missing).await.unwrap();
     assert_eq!(r.is_error, Some(true), "the tool ran and found nothing");
     client.cancel().await.unwrap();
 }

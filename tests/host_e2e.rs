@@ -44,24 +44,14 @@ async fn happy_paths(client: &Client, cg: &Capgate, origin: &Origin) {
         .await
         .unwrap();
     assert_eq!(text(&r), "hello from /page", "{r:?}");
-    assert_eq!(r.structured_content.as_ref().unwrap()["status"], 200);
-    let r = call(
-        client,
-        "http_fetch",
-        json!({"url": origin.url("/long"), "max_bytes": 5}),
-    )
-    .await
-    .unwrap();
+    assert_eq!(structured(&r)["status"], 200);
+    let long = json!({"url": origin.url("/long"), "max_bytes": 5});
+    let r = call(client, "http_fetch", long).await.unwrap();
     assert_eq!(text(&r), "hello");
-    assert_eq!(r.structured_content.as_ref().unwrap()["truncated"], true);
+    assert_eq!(structured(&r)["truncated"], true);
     let before = origin.hits();
-    let r = call(
-        client,
-        "http_fetch",
-        json!({"url": origin.url("/redirect")}),
-    )
-    .await
-    .unwrap();
+    let redirect = json!({"url": origin.url("/redirect")});
+    let r = call(client, "http_fetch", redirect).await.unwrap();
     assert!(text(&r).contains("not followed"), "{r:?}");
     assert_eq!(
         origin.hits(),
@@ -77,77 +67,46 @@ async fn happy_paths(client: &Client, cg: &Capgate, origin: &Origin) {
             .any(|p| p == "/elsewhere")
     );
 
-    let r = call(client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    let r = call_ok(client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     assert_eq!(text(&r), "acme readme\nline two has a needle\n");
-    assert_eq!(r.structured_content.as_ref().unwrap()["size"], 34);
+    assert_eq!(structured(&r)["size"], 34);
 
     let r = call(client, "fs_list", json!({"path": "acme/docs"}))
         .await
         .unwrap();
     assert_eq!(text(&r), "notes.md\nreadme.txt");
 
-    let r = call(
-        client,
-        "fs_write",
-        json!({"path": "acme/out/report.txt", "content": "done"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    assert_eq!(
-        std::fs::read_to_string(cg.root.join("acme/out/report.txt")).unwrap(),
-        "done"
-    );
-    let r = call(
-        client,
-        "fs_write",
-        json!({"path": "acme/out/report.txt", "content": "+more", "append": true}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false));
-    assert_eq!(
-        std::fs::read_to_string(cg.root.join("acme/out/report.txt")).unwrap(),
-        "done+more"
-    );
-    let r = call(
-        client,
-        "fs_write",
-        json!({"path": "acme/out/deep/x.txt", "content": "x", "create_dirs": true}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    let report = cg.root.join("acme/out/report.txt");
+    let write = json!({"path": "acme/out/report.txt", "content": "done"});
+    call_ok(client, "fs_write", write).await;
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "done");
+    let append = json!({"path": "acme/out/report.txt", "content": "+more", "append": true});
+    call_ok(client, "fs_write", append).await;
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "done+more");
+    let deep = json!({"path": "acme/out/deep/x.txt", "content": "x", "create_dirs": true});
+    call_ok(client, "fs_write", deep).await;
     assert!(cg.root.join("acme/out/deep/x.txt").is_file());
 
-    let r = call(
-        client,
-        "fs_search",
-        json!({"path": "acme", "pattern": "needle"}),
-    )
-    .await
-    .unwrap();
-    let hits = r.structured_content.as_ref().unwrap()["matches"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let hits = search(client, json!({"path": "acme", "pattern": "needle"})).await;
     assert_eq!(hits.len(), 2, "{hits:?}");
-    let r = call(
-        client,
-        "fs_search",
-        json!({"path": "acme", "pattern": "ne+dle h", "regex": true}),
-    )
-    .await
-    .unwrap();
+    let regex = json!({"path": "acme", "pattern": "ne+dle h", "regex": true});
+    let hits = search(client, regex).await;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+}
+
+/// Runs `fs_search`, which must succeed; the matches it found.
+async fn search(client: &Client, arguments: serde_json::Value) -> Vec<serde_json::Value> {
+    let r = call_ok(client, "fs_search", arguments).await;
+    structured(&r)["matches"].as_array().unwrap().clone()
+}
+
+/// Asserts that refused arguments name `field` and the `rule` (of the schema, or the tool's)
+/// they broke.
+fn assert_names(d: &serde_json::Value, field: &str, rule: &str) {
     assert_eq!(
-        r.structured_content.as_ref().unwrap()["matches"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
+        (d["field"].as_str(), d["rule"].as_str()),
+        (Some(field), Some(rule)),
+        "{d}"
     );
 }
 
@@ -166,41 +125,20 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     // Missing field, wrong type, unexpected field: a tool execution error (SEP-1303) the model
     // reads, naming the field and the schema rule it broke.
     let d = call_invalid(client, "fs_read", json!({})).await;
-    assert_eq!(
-        (d["field"].as_str(), d["rule"].as_str()),
-        (Some("path"), Some("required"))
-    );
-    assert!(
-        d["text"]
-            .as_str()
-            .unwrap()
-            .contains("missing required field `path`"),
-        "{d}"
-    );
+    assert_names(&d, "path", "required");
+    let model_reads = d["text"].as_str().unwrap();
+    assert!(model_reads.contains("missing required field `path`"), "{d}");
     let d = call_invalid(client, "fs_read", json!({"path": 42})).await;
-    assert_eq!(
-        (d["field"].as_str(), d["rule"].as_str()),
-        (Some("path"), Some("type"))
-    );
-    assert!(
-        d["message"].as_str().unwrap().contains("field `path`"),
-        "{d}"
-    );
+    assert_names(&d, "path", "type");
+    assert!(message(&d).contains("field `path`"), "{d}");
     let d = call_invalid(
         client,
         "fs_write",
         json!({"path": "acme/out/a", "content": "x", "mode": "0777"}),
     )
     .await;
-    assert_eq!(d["field"], "mode", "{d}");
-    assert_eq!(d["rule"], "additionalProperties", "{d}");
-    assert!(
-        d["message"]
-            .as_str()
-            .unwrap()
-            .contains("unexpected field `mode`"),
-        "{d}"
-    );
+    assert_names(&d, "mode", "additionalProperties");
+    assert!(message(&d).contains("unexpected field `mode`"), "{d}");
 
     // Escapes from the root: refused while the resource is derived, before authorization and
     // before any I/O; the model reads why.
@@ -211,15 +149,9 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
         "/etc/passwd",
     ] {
         let d = call_invalid(client, "fs_read", json!({"path": path})).await;
-        assert_eq!(
-            (d["field"].as_str(), d["rule"].as_str()),
-            (Some("path"), Some("tool"))
-        );
+        assert_names(&d, "path", "tool");
         assert!(
-            d["message"]
-                .as_str()
-                .unwrap()
-                .contains("resolves outside the tool root"),
+            message(&d).contains("resolves outside the tool root"),
             "{path}: {d}"
         );
         call_invalid(
@@ -233,10 +165,7 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     std::os::unix::fs::symlink(&cg.outside, cg.root.join("acme/escape")).unwrap();
     let d = call_invalid(client, "fs_read", json!({"path": "acme/escape/secret.txt"})).await;
     assert!(
-        d["message"]
-            .as_str()
-            .unwrap()
-            .contains("resolves outside the tool root"),
+        message(&d).contains("resolves outside the tool root"),
         "{d}"
     );
     call_invalid(
@@ -253,20 +182,8 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
     )
     .await;
     // A search over a tree holding that symlink does not follow it.
-    let r = call(
-        client,
-        "fs_search",
-        json!({"path": "acme", "pattern": "outside secret"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        r.structured_content.as_ref().unwrap()["matches"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    let hits = search(client, json!({"path": "acme", "pattern": "outside secret"})).await;
+    assert!(hits.is_empty(), "{hits:?}");
     std::fs::remove_file(cg.root.join("acme/escape")).unwrap();
 
     // A bad regular expression names the field.
@@ -276,10 +193,7 @@ async fn bad_inputs(client: &Client, cg: &Capgate) {
         json!({"path": "acme", "pattern": "(", "regex": true}),
     )
     .await;
-    assert_eq!(
-        (d["field"].as_str(), d["rule"].as_str()),
-        (Some("pattern"), Some("tool"))
-    );
+    assert_names(&d, "pattern", "tool");
 
     assert_eq!(
         cg.outside_snapshot(),
@@ -370,12 +284,11 @@ async fn dns_rebinding_is_refused() {
 fn config_typos_are_refused_with_file_and_key() {
     let cg = Capgate::new();
     cg.append_config("[guard]\nmax_fact = 10\n");
-    let out = cg.run(&["serve", "--http", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("capgate.toml"), "{err}");
-    assert!(err.contains("guard.max_fact"), "{err}");
-    assert!(err.contains("unknown field"), "{err}");
+    let err = cg.stderr_of_failure(&["serve", "--http", "127.0.0.1:0"]);
+    // The file, the key and what is wrong with it.
+    for says in ["capgate.toml", "guard.max_fact", "unknown field"] {
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 #[test]

@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use capgate_testkit::*;
+use reqwest::Method;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
-    ElicitationAction, Implementation, RequestMetaObject,
+    ElicitationAction, Implementation,
 };
-use rmcp::service::{RequestContext, RoleClient, RunningService, ServiceExt};
+use rmcp::service::{Peer, RequestContext, RoleClient, RunningService, ServiceExt};
 use rmcp::{ClientHandler, ErrorData};
 use serde_json::{Value, json};
 
@@ -24,21 +25,15 @@ async fn issuance_over_http() {
     );
     let stranger = cg.mint("stranger", "acme", &["fs_read"], &[]);
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(&agent)
-        .header("capgate-approval", cg.approval("bob", Some("writer")))
-        .json(&json!({
-            "purpose": "Write the weekly report",
-            "tools": ["fs_read", "fs_write"],
-            "resources": {"fs_read": ["acme/docs/"], "fs_write": ["acme/out/report.txt"]},
-            "ttl": 600,
-            "on_behalf_of": "alice"
-        }))
-        .send()
-        .await
-        .unwrap();
+    let intent = json!({
+        "purpose": "Write the weekly report",
+        "tools": ["fs_read", "fs_write"],
+        "resources": {"fs_read": ["acme/docs/"], "fs_write": ["acme/out/report.txt"]},
+        "ttl": 600,
+        "on_behalf_of": "alice"
+    });
+    let approval = cg.approval("bob", Some("writer"));
+    let resp = server.post_task(&agent, Some(&approval), &intent).await;
     assert_eq!(resp.status(), 201);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     let body: Value = resp.json().await.unwrap();
@@ -53,33 +48,14 @@ async fn issuance_over_http() {
     let token = body["token"].as_str().unwrap();
 
     let client = server.client(token).await;
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/report.txt", "content": "weekly"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    let r = call(
-        &client,
-        "fs_write",
-        json!({"path": "acme/out/other.txt", "content": "x"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(denial(&r)["reason"], "resource_not_granted");
+    let report = json!({"path": "acme/out/report.txt", "content": "weekly"});
+    call_ok(&client, "fs_write", report).await;
+    let other = json!({"path": "acme/out/other.txt", "content": "x"});
+    let d = call_denied(&client, "fs_write", other).await;
+    assert_eq!(d["reason"], "resource_not_granted");
     client.cancel().await.unwrap();
 
-    let got: Value = http
-        .get(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = server.task_json(Method::GET, id, &agent).await;
     assert_eq!(got["active"], true);
     assert_eq!(got["task"]["intent"]["on_behalf_of"], "alice");
     assert_eq!(got["task"]["intent"]["approved_by"], "bob");
@@ -92,40 +68,14 @@ async fn issuance_over_http() {
     assert_eq!(usage[0]["calls"], 2);
     assert_eq!(usage[0]["denied"], 1);
     // Another agent learns nothing about the task and cannot end it.
-    let resp = http
-        .get(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(&stranger)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let resp = http
-        .delete(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(&stranger)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    for method in [Method::GET, Method::DELETE] {
+        let resp = server.task_request(method.clone(), id, &stranger).await;
+        assert_eq!(resp.status(), 404, "{method} by another agent");
+    }
     // The task token itself may end its task.
-    let ended: Value = http
-        .delete(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ended = server.task_json(Method::DELETE, id, token).await;
     assert_eq!(ended["ended"], true);
-    let got: Value = http
-        .get(format!("{}/v1/tasks/{id}", server.base()))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = server.task_json(Method::GET, id, &agent).await;
     assert_eq!(got["active"], false);
     assert_eq!(got["task"]["end_reason"], "completed");
 }
@@ -138,38 +88,20 @@ async fn approval_cannot_be_asserted_by_the_agent() {
     let cg = Capgate::new();
     let agent = cg.mint("writer", "acme", &["fs_write"], &[]);
     let server = cg.serve_http();
-    let http = reqwest::Client::new();
     let intent = json!({"purpose": "Write", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
-    let post = |approval: Option<String>, body: Value| {
-        let mut req = http
-            .post(format!("{}/v1/tasks", server.base()))
-            .bearer_auth(&agent)
-            .json(&body);
-        if let Some(a) = approval {
-            req = req.header("capgate-approval", a);
-        }
-        req.send()
-    };
     // No approval at all: the policy's rule refuses.
-    let resp = post(None, intent.clone()).await.unwrap();
-    assert_eq!(resp.status(), 403);
-    let body: Value = resp.json().await.unwrap();
+    let body = server.post_task_refused(&agent, &intent, 403).await;
     assert_eq!(body["reason"], "approval-required", "{body}");
     // A name written by the requester.
     let mut asserted = intent.clone();
     asserted["approved_by"] = json!("boss");
-    let resp = post(None, asserted).await.unwrap();
+    let resp = server.post_task(&agent, None, &asserted).await;
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("Capgate-Approval"));
     // Approvals that are not valid here.
     let other = Capgate::new();
     let revoked = cg.approval("lead", None);
-    let out = cg.run(&["token", "revoke", &revoked]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cg.stdout_of(&["token", "revoke", &revoked]);
     for (why, approval) in [
         (
             "bound to another agent",
@@ -180,27 +112,23 @@ async fn approval_cannot_be_asserted_by_the_agent() {
         ("garbage", "not-a-token".to_owned()),
         ("revoked", revoked),
     ] {
-        let resp = post(Some(approval), intent.clone()).await.unwrap();
+        let resp = server.post_task(&agent, Some(&approval), &intent).await;
         assert_eq!(resp.status(), 403, "{why}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "approval_refused", "{why}: {body}");
     }
-    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
-    assert_eq!(tasks.trim(), "", "no task was issued: {tasks}");
+    let tasks = cg.task_list();
+    assert_eq!(tasks, "", "no task was issued: {tasks}");
     // A valid approval for this agent: issued, with the approver recorded.
     let approval = cg.approval("lead", Some("writer"));
-    let resp = post(Some(approval.clone()), intent.clone()).await.unwrap();
+    let resp = server.post_task(&agent, Some(&approval), &intent).await;
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     // One approval, one request: presented again, it is spent.
-    let again = post(Some(approval), intent).await.unwrap();
+    let again = server.post_task(&agent, Some(&approval), &intent).await;
     assert_eq!(again.status(), 403);
     assert!(again.text().await.unwrap().contains("spent"));
-    let shown: Value = serde_json::from_slice(
-        &cg.run(&["task", "show", body["task_id"].as_str().unwrap(), "--json"])
-            .stdout,
-    )
-    .unwrap();
+    let shown = cg.show_task(body["task_id"].as_str().unwrap());
     assert_eq!(shown["task"]["intent"]["approved_by"], "lead");
 }
 
@@ -218,9 +146,8 @@ async fn issuance_from_the_cli_and_inspection() {
         )
         .unwrap();
     let token = v["token"].as_str().unwrap();
-    let out = cg.run(&["token", "inspect", "--json", token]);
-    assert!(out.status.success());
-    let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inspected: Value =
+        serde_json::from_str(&cg.stdout_of(&["token", "inspect", "--json", token])).unwrap();
     assert!(
         inspected["verification"]
             .as_str()
@@ -263,23 +190,14 @@ async fn issuance_from_the_cli_and_inspection() {
     let out = cg.run(&["token", "inspect", &foreign]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("does NOT verify"));
 
+    let notes = json!({"path": "acme/docs/notes.md"});
     let client = cg.stdio_client(Some(token)).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    call_ok(&client, "fs_read", notes.clone()).await;
     client.cancel().await.unwrap();
-    let out = cg.run(&["task", "end", v["task_id"].as_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cg.stdout_of(&["task", "end", v["task_id"].as_str().unwrap()]);
     let client = cg.stdio_client(Some(token)).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["reason"], "token_revoked");
+    let d = call_denied(&client, "fs_read", notes).await;
+    assert_eq!(d["reason"], "token_revoked");
     client.cancel().await.unwrap();
 }
 
@@ -331,109 +249,60 @@ impl ClientHandler for Human {
     }
 }
 
-async fn in_band_flow(
-    client: &rmcp::service::RunningService<RoleClient, impl ClientHandler>,
-    cg: &Capgate,
-) {
-    let names = |c: &rmcp::service::RunningService<RoleClient, _>| {
-        let c = c.peer().clone();
-        async move {
-            let mut n: Vec<String> = c
-                .list_all_tools()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|t| t.name.to_string())
-                .collect();
-            n.sort();
-            n
-        }
-    };
-    assert_eq!(names(client).await, vec!["task_begin", "task_end"]);
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("fs_read")
-                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
-        )
-        .await
-        .unwrap();
+/// An agent token's session begins a task in-band, acts under it, and ends it.
+async fn in_band_flow(client: &Peer<RoleClient>, cg: &Capgate) {
+    let readme = json!({"path": "acme/docs/readme.txt"});
+    assert_eq!(tool_names(client).await, vec!["task_begin", "task_end"]);
+    let d = call_denied(client, "fs_read", readme.clone()).await;
     assert_eq!(
-        denial(&r)["reason"],
-        "task-required",
+        d["reason"], "task-required",
         "an agent's own token is not enough"
     );
 
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("task_begin").with_arguments(args(json!({
-                "purpose": "Summarize the docs",
-                "tools": ["fs_read"],
-                "resources": {"fs_read": ["acme/docs/"]},
-                "ttl": "5m"
-            }))),
-        )
+    let intent = json!({
+        "purpose": "Summarize the docs",
+        "tools": ["fs_read"],
+        "resources": {"fs_read": ["acme/docs/"]},
+        "ttl": "5m"
+    });
+    let begun = call_ok(client, "task_begin", intent)
         .await
+        .structured_content
         .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    let begun = r.structured_content.clone().unwrap();
     assert_eq!(begun["bound_to_session"], true);
     assert_eq!(
-        names(client).await,
+        tool_names(client).await,
         vec!["fs_read", "task_begin", "task_end"]
     );
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("fs_read")
-                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.is_error,
-        Some(false),
-        "the session now acts under the task: {r:?}"
-    );
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("fs_read")
-                .with_arguments(args(json!({"path": "shared/common.txt"}))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["reason"], "resource_not_granted");
+    // The session now acts under the task.
+    call_ok(client, "fs_read", readme.clone()).await;
+    let shared = json!({"path": "shared/common.txt"});
+    let d = call_denied(client, "fs_read", shared).await;
+    assert_eq!(d["reason"], "resource_not_granted");
 
     let r = client
         .call_tool(CallToolRequestParams::new("task_end"))
         .await
         .unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
-    let r = client
-        .call_tool(
-            CallToolRequestParams::new("fs_read")
-                .with_arguments(args(json!({"path": "acme/docs/readme.txt"}))),
-        )
-        .await
-        .unwrap();
+    let d = call_denied(client, "fs_read", readme).await;
     assert_eq!(
-        denial(&r)["reason"],
-        "task-required",
+        d["reason"], "task-required",
         "ending the task ends the session's access"
     );
     let task_id = begun["task_id"].as_str().unwrap();
-    let out = cg.run(&["task", "show", task_id, "--json"]);
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(shown["task"]["end_reason"], "completed");
+    assert_eq!(cg.show_task(task_id)["task"]["end_reason"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_band_tasks_over_stdio_and_http() {
     let cg = Capgate::new();
     let agent = cg.mint("llm", "acme", &["fs_read"], &[]);
-    let client = ().serve(cg.stdio_transport(Some(&agent), &[])).await.unwrap();
+    let client = cg.stdio_client(Some(&agent)).await;
     in_band_flow(&client, &cg).await;
     client.cancel().await.unwrap();
     let server = cg.serve_http();
-    let client = ().serve(server.transport(&agent)).await.unwrap();
+    let client = server.client(&agent).await;
     in_band_flow(&client, &cg).await;
     client.cancel().await.unwrap();
 }
@@ -448,11 +317,7 @@ async fn in_band_approval_is_asked_through_elicitation() {
     // A human who says yes: the task is issued with them as approver.
     let yes = Human::answering(Some((true, "Alice")));
     let client = yes.connect(&cg, &agent).await;
-    let r = client
-        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let r = call_ok(&client, "task_begin", intent.clone()).await;
     let asked = yes.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 1);
     assert!(
@@ -466,16 +331,9 @@ async fn in_band_approval_is_asked_through_elicitation() {
         .as_str()
         .unwrap()
         .to_owned();
-    let shown: Value =
-        serde_json::from_slice(&cg.run(&["task", "show", &id, "--json"]).stdout).unwrap();
-    assert_eq!(shown["task"]["intent"]["approved_by"], "Alice");
-    let r = client
-        .call_tool(CallToolRequestParams::new("fs_write").with_arguments(args(
-            json!({"path": "acme/out/summary.txt", "content": "ok"}),
-        )))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false));
+    assert_eq!(cg.show_task(&id)["task"]["intent"]["approved_by"], "Alice");
+    let summary = json!({"path": "acme/out/summary.txt", "content": "ok"});
+    call_ok(&client, "fs_write", summary).await;
     client.cancel().await.unwrap();
 
     // A human who says no, one who declines the form, and a client without elicitation: refused.
@@ -483,40 +341,21 @@ async fn in_band_approval_is_asked_through_elicitation() {
     let declines = Human::answering(None);
     for human in [no, declines] {
         let client = human.connect(&cg, &agent).await;
-        let r = client
-            .call_tool(
-                CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.is_error, Some(true));
-        assert_eq!(
-            r.structured_content.unwrap()["capgate"]["reason"],
-            "approval-required"
-        );
+        let d = call_denied(&client, "task_begin", intent.clone()).await;
+        assert_eq!(d["reason"], "approval-required");
         assert_eq!(human.asked.lock().unwrap().len(), 1, "the human was asked");
         client.cancel().await.unwrap();
     }
     let client = cg.stdio_client(Some(&agent)).await;
-    let r = client
-        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone())))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.structured_content.unwrap()["capgate"]["reason"],
-        "approval-required"
-    );
+    let d = call_denied(&client, "task_begin", intent.clone()).await;
+    assert_eq!(d["reason"], "approval-required");
     // The model cannot vouch for a human by writing a name.
     let mut self_approved = intent.clone();
     self_approved["approved_by"] = json!("Alice");
-    let r = client
-        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(self_approved)))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(true));
-    assert!(text(&r).contains("elicitation"), "{r:?}");
+    let d = call_denied(&client, "task_begin", self_approved).await;
+    assert!(d["text"].as_str().unwrap().contains("elicitation"), "{d}");
     client.cancel().await.unwrap();
-    let tasks = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    let tasks = cg.task_list();
     assert_eq!(
         tasks.lines().count(),
         1,
@@ -534,15 +373,8 @@ async fn elicitation_approval_can_be_switched_off() {
     let client = yes.connect(&cg, &agent).await;
     let intent =
         json!({"purpose": "Save", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
-    let r = client
-        .call_tool(CallToolRequestParams::new("task_begin").with_arguments(args(intent)))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(true));
-    assert_eq!(
-        r.structured_content.unwrap()["capgate"]["reason"],
-        "approval-required"
-    );
+    let d = call_denied(&client, "task_begin", intent).await;
+    assert_eq!(d["reason"], "approval-required");
     assert!(yes.asked.lock().unwrap().is_empty(), "nobody was asked");
     client.cancel().await.unwrap();
 }
@@ -572,20 +404,12 @@ async fn tokens_attenuated_with_biscuit_auth_directly_work_and_are_narrower() {
         tool_names(&client).await,
         vec!["fs_read", "task_begin", "task_end"]
     );
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
-        .await
-        .unwrap();
-    let d = denial(&r);
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    let d = call_denied(&client, "fs_read", json!({"path": "acme/docs/notes.md"})).await;
     assert_eq!(d["reason"], "resource_not_granted", "{d}");
     assert_eq!(d["failed_checks"][0]["source"], "block 2");
-    let r = call(&client, "fs_list", json!({"path": "acme/docs"}))
-        .await
-        .unwrap();
-    assert_eq!(denial(&r)["decision"], "deny");
+    let d = call_denied(&client, "fs_list", json!({"path": "acme/docs"})).await;
+    assert_eq!(d["decision"], "deny");
     client.cancel().await.unwrap();
 }
 
@@ -607,14 +431,7 @@ async fn a_narrower_token_may_be_presented_per_call_in_meta() {
     };
     let client = cg.stdio_client(Some(&task)).await;
     let with_meta = |token: &str, path: &str| {
-        let mut p =
-            CallToolRequestParams::new("fs_read").with_arguments(args(json!({"path": path})));
-        let mut meta = RequestMetaObject::default();
-        meta.0
-            .0
-            .insert("capgate/token".into(), Value::String(token.to_owned()));
-        p.meta = Some(meta);
-        p
+        with_token_in_meta(call_params("fs_read", json!({"path": path})), token)
     };
     let r = client
         .call_tool(with_meta(&narrower, "acme/docs/notes.md"))
@@ -634,20 +451,9 @@ async fn a_narrower_token_may_be_presented_per_call_in_meta() {
         .call_tool(with_meta(&unrelated, "acme/docs/readme.txt"))
         .await
         .unwrap();
-    assert!(
-        denial(&r)["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not derive from the session's token")
-    );
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.is_error,
-        Some(false),
-        "without _meta the session's token applies"
-    );
+    assert!(message(&denial(&r)).contains("does not derive from the session's token"));
+    // Without _meta the session's token applies.
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     client.cancel().await.unwrap();
 }
 
@@ -661,16 +467,14 @@ async fn in_band_task_begin_acts_on_the_narrower_meta_token() {
     let narrower = attenuate(&agent, "check if tool($t), [\"fs_list\"].contains($t);");
     let client = cg.stdio_client(Some(&agent)).await;
     let begin = |tool: &str, meta: Option<&str>| {
-        let mut p = CallToolRequestParams::new("task_begin").with_arguments(args(
+        let p = call_params(
+            "task_begin",
             json!({"purpose": "narrowed", "tools": [tool], "resources": {tool: ["acme/docs/"]}}),
-        ));
-        if let Some(token) = meta {
-            let mut m = RequestMetaObject::default();
-            m.0.0
-                .insert("capgate/token".into(), Value::String(token.to_owned()));
-            p.meta = Some(m);
+        );
+        match meta {
+            Some(token) => with_token_in_meta(p, token),
+            None => p,
         }
-        p
     };
     let r = client
         .call_tool(begin("fs_read", Some(&narrower)))
@@ -681,7 +485,7 @@ async fn in_band_task_begin_acts_on_the_narrower_meta_token() {
         d["reason"], "tool_not_granted",
         "the narrowing block refused: {d}"
     );
-    let listed = String::from_utf8(cg.run(&["task", "list"]).stdout).unwrap();
+    let listed = cg.task_list();
     assert_eq!(listed.lines().count(), 0, "no task was issued: {listed}");
 
     let r = client

@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use prost::Message;
+use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -230,20 +231,31 @@ fn protobuf_response(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
 }
 
-async fn http_traces(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !protobuf_body(&inbox, &headers) {
+/// One OTLP/HTTP export: a protobuf `Req` the inbox `take`s, answered by an empty protobuf
+/// `Resp`; anything else is recorded as rejected.
+fn http_export<Req: Message + Default, Resp: Message + Default>(
+    inbox: &Inbox,
+    headers: &HeaderMap,
+    body: Bytes,
+    take: impl FnOnce(&Inbox, Req),
+) -> Response {
+    if !protobuf_body(inbox, headers) {
         return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
     }
-    match ExportTraceServiceRequest::decode(body) {
+    match Req::decode(body) {
         Ok(req) => {
-            inbox.traces(req);
-            protobuf_response(ExportTraceServiceResponse::default().encode_to_vec())
+            take(inbox, req);
+            protobuf_response(Resp::default().encode_to_vec())
         }
         Err(e) => {
             inbox.rejected.lock().unwrap().push(e.to_string());
             StatusCode::BAD_REQUEST.into_response()
         }
     }
+}
+
+async fn http_traces(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Bytes) -> Response {
+    http_export::<_, ExportTraceServiceResponse>(&inbox, &headers, body, Inbox::traces)
 }
 
 async fn http_metrics(
@@ -251,45 +263,41 @@ async fn http_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !protobuf_body(&inbox, &headers) {
-        return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
-    }
-    match ExportMetricsServiceRequest::decode(body) {
-        Ok(req) => {
-            inbox.metrics(req);
-            protobuf_response(ExportMetricsServiceResponse::default().encode_to_vec())
-        }
-        Err(e) => {
-            inbox.rejected.lock().unwrap().push(e.to_string());
-            StatusCode::BAD_REQUEST.into_response()
-        }
-    }
+    http_export::<_, ExportMetricsServiceResponse>(&inbox, &headers, body, Inbox::metrics)
 }
 
 #[derive(Clone)]
 struct Grpc(Arc<Inbox>);
 
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.traces(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
+/// Implements an OTLP gRPC collector service for [`Grpc`]: each export goes to the inbox's
+/// `take` and is answered empty. (The services differ only in their message types.)
+macro_rules! grpc_export {
+    ($service:ident, $req:ty, $resp:ty, $take:ident) => {
+        #[tonic::async_trait]
+        impl $service for Grpc {
+            async fn export(
+                &self,
+                request: tonic::Request<$req>,
+            ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                self.0.$take(request.into_inner());
+                Ok(tonic::Response::new(<$resp>::default()))
+            }
+        }
+    };
 }
 
-#[tonic::async_trait]
-impl MetricsService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.metrics(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
+grpc_export!(
+    TraceService,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    traces
+);
+grpc_export!(
+    MetricsService,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+    metrics
+);
 
 fn string(attrs: &[KeyValue], key: &str) -> Option<String> {
     attrs
@@ -354,15 +362,12 @@ fn serve(cg: &Capgate, protocol: Protocol, endpoint: &str) -> Server {
     )
 }
 
-/// `POST /v1/tasks`; returns (task id, task token, trace id).
-async fn begin_http(server: &Server, agent: &str, body: Value) -> (String, String, String) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/tasks", server.base()))
-        .bearer_auth(agent)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// `POST /v1/tasks` for a task of `purpose` that reads `acme/`; returns (task id, task token,
+/// trace id).
+async fn begin_http(server: &Server, agent: &str, purpose: &str) -> (String, String, String) {
+    let intent =
+        json!({"purpose": purpose, "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}});
+    let resp = server.post_task(agent, None, &intent).await;
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     let v: Value = resp.json().await.unwrap();
     (
@@ -370,6 +375,16 @@ async fn begin_http(server: &Server, agent: &str, body: Value) -> (String, Strin
         v["token"].as_str().unwrap().to_owned(),
         v["trace_id"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Reads `path`, which must succeed, then pauses 20 ms (a steady trickle of calls); how long
+/// the call took.
+async fn timed_read(client: &Client, path: &str) -> Duration {
+    let started = Instant::now();
+    call_ok(client, "fs_read", json!({"path": path})).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    took
 }
 
 /// A task's whole life over real OTLP: issued over HTTP, one allowed and one denied call, ended;
@@ -384,26 +399,12 @@ async fn one_trace_per_task(protocol: Protocol, end_with_cli: bool) {
         "the startup line names the protocol: {}",
         server.stderr.lock().unwrap()
     );
-    let (task_id, task_token, trace_id) = begin_http(
-        &server,
-        &agent,
-        json!({"purpose": "otlp e2e", "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}}),
-    )
-    .await;
+    let (task_id, task_token, trace_id) = begin_http(&server, &agent, "otlp e2e").await;
 
     let client = server.client(&task_token).await;
-    let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
-    let r = call(
-        &client,
-        "fs_read",
-        json!({"path": "globex/plans/secret-plan.txt"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.is_error, Some(true), "{r:?}");
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    let secret = json!({"path": "globex/plans/secret-plan.txt"});
+    call_denied(&client, "fs_read", secret).await;
     client.cancel().await.unwrap();
 
     // A caller that sends W3C trace context in the HTTP `traceparent` header (no `_meta`):
@@ -416,10 +417,7 @@ async fn one_trace_per_task(protocol: Protocol, end_with_cli: bool) {
             HeaderValue::from_str(&format!("00-{caller_trace}-{caller_span}-01")).unwrap(),
         )]));
     let traced = ().serve(StreamableHttpClientTransport::from_config(cfg)).await.unwrap();
-    let r = call(&traced, "fs_read", json!({"path": "acme/docs/notes.md"}))
-        .await
-        .unwrap();
-    assert_eq!(r.is_error, Some(false), "{r:?}");
+    call_ok(&traced, "fs_read", json!({"path": "acme/docs/notes.md"})).await;
     traced.cancel().await.unwrap();
 
     if end_with_cli {
@@ -438,12 +436,7 @@ async fn one_trace_per_task(protocol: Protocol, end_with_cli: bool) {
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
-        let resp = reqwest::Client::new()
-            .delete(format!("{}/v1/tasks/{task_id}", server.base()))
-            .bearer_auth(&agent)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.task_request(Method::DELETE, &task_id, &agent).await;
         assert_eq!(resp.status(), 200);
     }
 
@@ -574,19 +567,11 @@ async fn collector_goes_down_mid_run(protocol: Protocol) {
     let cg = Capgate::new();
     let agent = cg.mint("agent-down", "acme", &["fs_read"], &[]);
     let server = serve(&cg, protocol, &receiver.endpoint);
-    let (task_id, task_token, trace_id) = begin_http(
-        &server,
-        &agent,
-        json!({"purpose": "collector outage", "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}}),
-    )
-    .await;
+    let (task_id, task_token, trace_id) = begin_http(&server, &agent, "collector outage").await;
     let client = server.client(&task_token).await;
     let mut calls = 0;
     for _ in 0..5 {
-        let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-            .await
-            .unwrap();
-        assert_eq!(r.is_error, Some(false));
+        call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
         calls += 1;
     }
     // Export works before the outage.
@@ -603,14 +588,8 @@ async fn collector_goes_down_mid_run(protocol: Protocol) {
     let outage = Instant::now();
     let mut slowest = Duration::ZERO;
     while outage.elapsed() < Duration::from_secs(3) || calls < 25 {
-        let started = Instant::now();
-        let r = call(&client, "fs_read", json!({"path": "acme/docs/notes.md"}))
-            .await
-            .unwrap();
-        slowest = slowest.max(started.elapsed());
-        assert_eq!(r.is_error, Some(false), "{r:?}");
+        slowest = slowest.max(timed_read(&client, "acme/docs/notes.md").await);
         calls += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         slowest < Duration::from_secs(1),
@@ -618,11 +597,7 @@ async fn collector_goes_down_mid_run(protocol: Protocol) {
     );
     client.cancel().await.unwrap();
 
-    let lines: Vec<Value> = cg
-        .audit()
-        .into_iter()
-        .filter(|l| l["kind"] == "call" && l["task"] == task_id.as_str())
-        .collect();
+    let lines = cg.audited_calls(&task_id);
     assert_eq!(lines.len(), calls, "one audit line per call");
     assert!(lines.iter().all(|l| l["decision"] == "allow"));
     assert!(lines.iter().all(|l| l["trace_id"] == trace_id.as_str()));
@@ -656,25 +631,14 @@ async fn a_collector_that_never_answers_does_not_slow_calls() {
     let cg = Capgate::new();
     let agent = cg.mint("agent-slow", "acme", &["fs_read"], &[]);
     let server = serve(&cg, Protocol::Http, &endpoint);
-    let (task_id, task_token, _) = begin_http(
-        &server,
-        &agent,
-        json!({"purpose": "slow collector", "tools": ["fs_read"], "resources": {"fs_read": ["acme/"]}}),
-    )
-    .await;
+    let (task_id, task_token, _) = begin_http(&server, &agent, "slow collector").await;
     let client = server.client(&task_token).await;
     let begun = Instant::now();
     let mut calls = 0;
     let mut slowest = Duration::ZERO;
     while begun.elapsed() < Duration::from_secs(3) {
-        let started = Instant::now();
-        let r = call(&client, "fs_read", json!({"path": "acme/docs/readme.txt"}))
-            .await
-            .unwrap();
-        slowest = slowest.max(started.elapsed());
-        assert_eq!(r.is_error, Some(false));
+        slowest = slowest.max(timed_read(&client, "acme/docs/readme.txt").await);
         calls += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         !held.lock().unwrap().is_empty(),
@@ -685,12 +649,7 @@ async fn a_collector_that_never_answers_does_not_slow_calls() {
         "a call waited {slowest:?} on a silent collector"
     );
     client.cancel().await.unwrap();
-    let audited = cg
-        .audit()
-        .into_iter()
-        .filter(|l| l["kind"] == "call" && l["task"] == task_id.as_str())
-        .count();
-    assert_eq!(audited, calls);
+    assert_eq!(cg.audited_calls(&task_id).len(), calls);
     // Dropping the server kills it; its shutdown would wait for the silent collector.
     drop(server);
 }

@@ -28,6 +28,11 @@ pub struct FsConfig {
     pub max_search_results: usize,
     /// Most files `fs_search` opens.
     pub max_search_files: usize,
+    /// Paths the tools must never reach even when they lie under the root: capgate's own
+    /// state (root key, task store, audit log). Set by the binary from the rest of the config,
+    /// not read from the file.
+    #[serde(skip)]
+    pub hidden: Vec<PathBuf>,
 }
 
 impl Default for FsConfig {
@@ -40,6 +45,7 @@ impl Default for FsConfig {
             max_list_entries: 1000,
             max_search_results: 100,
             max_search_files: 10_000,
+            hidden: Vec::new(),
         }
     }
 }

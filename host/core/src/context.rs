@@ -2,8 +2,10 @@
 //! cancellation, and call other hosted tools.
 //!
 //! Invariant: a nested call made through [`ToolContext::call_tool`] goes back through the whole
-//! pipeline (guard and audit included) with the caller's credential, through the
-//! [`NestedCalls`] the server put here; a tool cannot lend its caller access the caller lacks.
+//! pipeline (guard and audit included) with the caller's credential, and a sub-resource a tool
+//! reaches on its own (an entry of a directory it walks) is put to the same guard through
+//! [`ToolContext::permits`]; both go through the [`CallScope`] the server put here, so a tool
+//! cannot lend its caller access the caller lacks.
 
 // MCP logging is deprecated for protocol 2026-07-28 (SEP-2577) but is part of the 2025 revisions
 // capgate also serves, so tools may still log.
@@ -22,15 +24,16 @@ use rmcp::service::RoleServer;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::tool::{Arguments, ToolError, ToolOutput};
+use crate::tool::{Arguments, Resource, ToolError, ToolOutput};
 
 /// The future a nested call returns.
 pub type NestedFuture<'a> =
     Pin<Box<dyn Future<Output = Result<ToolOutput, ToolError>> + Send + 'a>>;
 
-/// Runs a tool call made by a tool, through the same pipeline as a client's call. capgate-server
-/// implements it over the calling session and credential.
-pub trait NestedCalls: Send + Sync {
+/// What a running tool may ask of the call it runs in, answered with the caller's credential:
+/// other tools' calls, through the same pipeline as a client's, and whether a sub-resource is
+/// inside what the call may touch. capgate-server implements it over the calling session.
+pub trait CallScope: Send + Sync {
     /// Calls `name` with `args` on behalf of the tool `caller`, with the client connection and
     /// cancellation of the outer call.
     fn call<'a>(
@@ -41,6 +44,11 @@ pub trait NestedCalls: Send + Sync {
         peer: Option<Peer<RoleServer>>,
         cancel: CancellationToken,
     ) -> NestedFuture<'a>;
+
+    /// Whether the guard would allow the tool `caller`, with the arguments of the current call,
+    /// on `resource`: a tool that reaches more than the resource it was authorized on (a tree
+    /// walk) asks this of every further resource before touching it.
+    fn permits(&self, caller: &str, resource: &Resource) -> bool;
 }
 
 /// The client's `logging/setLevel`, shared by a session and the tools it runs.
@@ -91,7 +99,7 @@ struct ContextInner {
     log_level: LogLevel,
     cancel: CancellationToken,
     tool: String,
-    nested: Option<Arc<dyn NestedCalls>>,
+    nested: Option<Arc<dyn CallScope>>,
 }
 
 /// What a [`ToolContext`] is made of; the server fills it for every dispatched call.
@@ -106,7 +114,7 @@ pub struct ContextParts {
     /// Cancelled when the client cancels the call or the server stops.
     pub cancel: CancellationToken,
     /// Where nested calls go; `None` refuses them.
-    pub nested: Option<Arc<dyn NestedCalls>>,
+    pub nested: Option<Arc<dyn CallScope>>,
 }
 
 impl ToolContext {
@@ -171,6 +179,16 @@ impl ToolContext {
     /// The client connection, for sampling or elicitation. `None` when running detached.
     pub fn peer(&self) -> Option<&Peer<RoleServer>> {
         self.inner.peer.as_ref()
+    }
+
+    /// Whether this call may also touch `resource` (say, an entry of the directory it walks):
+    /// the guard decides, with the caller's credential and this call's arguments. A tool that
+    /// reaches resources beyond the one it was authorized on must ask before each.
+    pub fn permits(&self, resource: &Resource) -> bool {
+        match &self.inner.nested {
+            Some(scope) => scope.permits(&self.inner.tool, resource),
+            None => true,
+        }
     }
 
     /// Calls another hosted tool with the same credential. The inner call goes through the

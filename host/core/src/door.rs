@@ -261,6 +261,17 @@ impl Prepared {
     pub fn resource(&self) -> &Resource {
         &self.resource
     }
+
+    /// The same call on another resource, for asking the guard about a resource the tool
+    /// would reach beyond its own (see [`ToolContext::permits`]). Like any prepared call it
+    /// can only run through the door.
+    pub fn with_resource(&self, resource: Resource) -> Prepared {
+        Prepared {
+            tool: Arc::clone(&self.tool),
+            args: self.args.clone(),
+            resource,
+        }
+    }
 }
 
 /// A call the door's guard allowed. Only [`Door::authorize`] builds one.

@@ -23,7 +23,7 @@ pub mod time;
 pub mod tool;
 pub mod vocab;
 
-pub use context::{ContextParts, LogLevel, NestedCalls, ToolContext};
+pub use context::{CallScope, ContextParts, LogLevel, ToolContext};
 pub use door::{CallError, Catalog, Door, Prepared, Registry, Stages};
 pub use error::Error;
 pub use section::Section;

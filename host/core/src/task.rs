@@ -18,8 +18,13 @@ pub struct Intent {
     /// Tools the task needs.
     pub tools: Vec<String>,
     /// Resource prefixes per tool, as written by the requester (canonicalized at issuance).
-    /// A tool without an entry asks for everything its agent may touch with it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// A tool without an entry asks for everything its agent may touch with it. A tool named
+    /// twice is refused (JSON would otherwise keep the last, silently).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys"
+    )]
     pub resources: BTreeMap<String, Vec<String>>,
     /// Lifetime: seconds, or a duration such as `"15m"`. Default `[policy] default_task_ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +38,38 @@ pub struct Intent {
     /// The tenant the task acts for; default: the agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+}
+
+/// A map whose keys must be distinct: a request naming a key twice is ambiguous, and taking
+/// either one would be a guess.
+fn unique_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, Vec<String>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of tool names to lists of resource prefixes")
+        }
+
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> Result<Self::Value, M::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, Vec<String>>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "`resources` names `{k}` twice"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// A lifetime as seconds or as a human duration.
@@ -158,5 +195,22 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S:
     match t {
         Some(t) => ser_time(t, s),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_named_twice_in_resources_is_refused() {
+        let twice = r#"{"purpose":"p","tools":["fs_read"],"resources":{"fs_read":["a/"],"fs_read":["b/"]}}"#;
+        let e = serde_json::from_str::<Intent>(twice)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`fs_read` twice"), "{e}");
+        let once = r#"{"purpose":"p","tools":["fs_read"],"resources":{"fs_read":["a/"]}}"#;
+        let i: Intent = serde_json::from_str(once).unwrap();
+        assert_eq!(i.resources["fs_read"], vec!["a/".to_owned()]);
     }
 }

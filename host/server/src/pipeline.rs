@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capgate_authz::{CallEnv, Denial, Grant, Guard, Transport, VerifiedToken};
-use capgate_core::context::{ContextParts, LogLevel, NestedCalls, NestedFuture};
+use capgate_core::context::{CallScope, ContextParts, LogLevel, NestedFuture};
 use capgate_core::door::{CallError, Door, Prepared, Stages};
-use capgate_core::{Arguments, ToolContext, ToolError, ToolOutput};
+use capgate_core::{Arguments, Resource, ToolContext, ToolError, ToolOutput};
 use rmcp::Peer;
 use rmcp::model::ProgressToken;
 use rmcp::service::RoleServer;
@@ -163,6 +163,9 @@ pub(crate) async fn run_call(
         };
         telemetry.call_allowed(recorded.call(), recorded.grant(), guard_time);
         let tool = recorded.call().spec().name.clone();
+        let this_call = recorded
+            .call()
+            .with_resource(recorded.call().resource().clone());
         let ctx = ToolContext::new(
             &tool,
             ContextParts {
@@ -170,8 +173,9 @@ pub(crate) async fn run_call(
                 progress_token: call.progress_token,
                 log_level: delivery.log_level.clone(),
                 cancel: delivery.cancel,
-                nested: Some(Arc::new(NestedCaller {
+                nested: Some(Arc::new(Scope {
                     host: Arc::clone(host),
+                    call: this_call,
                     caller: Caller {
                         token: Arc::clone(&caller.token),
                         env: caller.env.clone(),
@@ -193,16 +197,18 @@ pub(crate) async fn run_call(
     .await
 }
 
-/// Where a running tool's own tool calls go: back through the pipeline, with its caller's
-/// credential, one level deeper.
-struct NestedCaller {
+/// What a running tool asks of its call: its own tool calls go back through the pipeline, with
+/// its caller's credential, one level deeper; its sub-resources go to the same guard.
+struct Scope {
     host: Arc<Pipeline>,
+    /// The running call, to put to the guard again on other resources.
+    call: Prepared,
     caller: Caller,
     depth: u8,
     log_level: LogLevel,
 }
 
-impl NestedCalls for NestedCaller {
+impl CallScope for Scope {
     fn call<'a>(
         &'a self,
         caller: &'a str,
@@ -241,5 +247,15 @@ impl NestedCalls for NestedCaller {
                 CallOutcome::Invalid(e) => Err(ToolError::failed(format!("`{name}`: {e}"))),
             }
         })
+    }
+
+    fn permits(&self, _caller: &str, resource: &Resource) -> bool {
+        let call = self.call.with_resource(resource.clone());
+        self.host
+            .door
+            .stages()
+            .guard
+            .decide(&self.caller.token, &call, &self.caller.env)
+            .is_ok()
     }
 }

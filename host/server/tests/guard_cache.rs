@@ -52,6 +52,22 @@ impl Fixture {
         (issued.record.id, issued.token)
     }
 
+    /// A task token narrowed by the block `block` writes around a date `secs` from now (given
+    /// in RFC 3339); the token and the date.
+    fn task_bounded(&self, secs: u64, block: impl FnOnce(&str) -> String) -> (String, SystemTime) {
+        let (_id, task) = self.task();
+        let deadline = SystemTime::now() + Duration::from_secs(secs);
+        (attenuate(&task, &block(&rfc3339(deadline))), deadline)
+    }
+
+    /// Ends task `id` through a connection of its own to the store, as another process (the
+    /// CLI, another replica) would.
+    fn end_elsewhere(&self, id: &str) {
+        let other = SqliteStore::open(&self.store_file).unwrap();
+        let ended = other.end_task(id, EndReason::Completed, SystemTime::now());
+        assert!(ended.unwrap().is_some(), "task {id} was running");
+    }
+
     fn host(&self) -> &capgate_server::Host {
         &self.scratch.host
     }
@@ -84,17 +100,21 @@ impl Fixture {
             .unwrap_or_default()
             + Duration::from_millis(1200);
         tokio::time::sleep(wait).await;
-        let runs = self.runs.load(Ordering::SeqCst);
-        let refused = self.call(token, json!({})).await;
-        assert_eq!(
-            self.runs.load(Ordering::SeqCst),
-            runs,
-            "the tool did not run"
-        );
-        match refused {
-            Ok(_) => panic!("the call was allowed after the date had passed"),
-            Err(e) => reason(e),
-        }
+        self.refused(token, json!({})).await
+    }
+
+    /// Calls `token` with `args`: the call must be refused without the tool running. Returns
+    /// the refusal's reason.
+    async fn refused(&self, token: &str, args: Value) -> String {
+        let runs = self.runs();
+        let refused = self.call(token, args).await;
+        assert_eq!(self.runs(), runs, "the tool did not run");
+        reason(refused.expect_err("the call must be refused"))
+    }
+
+    /// How many times the tool has run.
+    fn runs(&self) -> usize {
+        self.runs.load(Ordering::SeqCst)
     }
 
     fn hits(&self) -> u64 {
@@ -117,17 +137,11 @@ fn reason(e: InProcessError) -> String {
 #[tokio::test]
 async fn a_cached_allow_ends_at_a_time_bound_the_expiry_precheck_cannot_see() {
     let f = fixture();
-    let (_id, task) = f.task();
     // The bound hides inside an `or`, so the token has no provable expiry and only Datalog (and
     // the cache's own time horizon) can notice it passing.
-    let deadline = SystemTime::now() + Duration::from_secs(3);
-    let token = attenuate(
-        &task,
-        &format!(
-            "check if time($t), $t <= {} or tool(\"never-called\");",
-            rfc3339(deadline)
-        ),
-    );
+    let (token, deadline) = f.task_bounded(3, |date| {
+        format!("check if time($t), $t <= {date} or tool(\"never-called\");")
+    });
     assert!(
         f.host()
             .verifier()
@@ -144,16 +158,10 @@ async fn a_cached_allow_ends_at_a_time_bound_the_expiry_precheck_cannot_see() {
 #[tokio::test]
 async fn a_cached_allow_ends_at_a_time_bound_held_in_a_fact() {
     let f = fixture();
-    let (_id, task) = f.task();
     // The date sits in a fact, not in the check: only reading facts for dates can see it.
-    let deadline = SystemTime::now() + Duration::from_secs(2);
-    let token = attenuate(
-        &task,
-        &format!(
-            "until({}); check if time($t), until($u), $t <= $u;",
-            rfc3339(deadline)
-        ),
-    );
+    let (token, deadline) = f.task_bounded(2, |date| {
+        format!("until({date}); check if time($t), until($u), $t <= $u;")
+    });
     f.cached_then_refused(&token, deadline).await;
 }
 
@@ -164,32 +172,22 @@ async fn a_cached_allow_ends_at_revocation_and_arguments_are_part_of_the_key() {
     let append_only = attenuate(&task, "check if arg(\"append\", true);");
     f.call(&append_only, json!({"append": true})).await.unwrap();
     f.call(&append_only, json!({"append": true})).await.unwrap();
-    let runs = f.runs.load(Ordering::SeqCst);
+    let runs = f.runs();
     assert_eq!(runs, 2);
     // Same tool, same resource, another argument: never served from the allow above.
-    let e = f
-        .call(&append_only, json!({"append": false}))
-        .await
-        .unwrap_err();
-    assert_eq!(reason(e), "arg_constraint");
+    let refused = f.refused(&append_only, json!({"append": false})).await;
+    assert_eq!(refused, "arg_constraint");
     // A value that would collide with another key if fields were merely concatenated.
-    let e = f
-        .call(&append_only, json!({"append": "true"}))
-        .await
-        .unwrap_err();
-    assert_eq!(reason(e), "arg_constraint");
-    assert_eq!(f.runs.load(Ordering::SeqCst), runs);
+    let refused = f.refused(&append_only, json!({"append": "true"})).await;
+    assert_eq!(refused, "arg_constraint");
+    assert_eq!(f.runs(), runs);
 
     f.host().end_task(&id, EndReason::Completed).unwrap();
     for token in [&task, &append_only] {
-        let e = f.call(token, json!({"append": true})).await.unwrap_err();
-        assert_eq!(reason(e), "token_revoked");
+        let refused = f.refused(token, json!({"append": true})).await;
+        assert_eq!(refused, "token_revoked");
     }
-    assert_eq!(
-        f.runs.load(Ordering::SeqCst),
-        runs,
-        "nothing ran after the revocation"
-    );
+    assert_eq!(f.runs(), runs, "nothing ran after the revocation");
 }
 
 #[tokio::test]
@@ -198,17 +196,9 @@ async fn a_revocation_written_by_another_process_applies_to_the_next_call() {
     let (id, task) = f.task();
     f.call(&task, json!({})).await.unwrap();
     f.call(&task, json!({})).await.unwrap();
-    // Another process (the CLI, another replica) ends the task through its own connection.
-    let other = SqliteStore::open(&f.store_file).unwrap();
-    assert!(
-        other
-            .end_task(&id, EndReason::Completed, SystemTime::now())
-            .unwrap()
-            .is_some()
-    );
-    let e = f.call(&task, json!({})).await.unwrap_err();
-    assert_eq!(reason(e), "token_revoked");
-    assert_eq!(f.runs.load(Ordering::SeqCst), 2);
+    f.end_elsewhere(&id);
+    assert_eq!(f.refused(&task, json!({})).await, "token_revoked");
+    assert_eq!(f.runs(), 2);
 }
 
 #[tokio::test]
@@ -216,27 +206,19 @@ async fn with_a_poll_interval_a_foreign_revocation_applies_once_the_interval_has
     let f = fixture_with("store_poll = \"20ms\"");
     let (id, task) = f.task();
     f.call(&task, json!({})).await.unwrap();
-    let other = SqliteStore::open(&f.store_file).unwrap();
-    assert!(
-        other
-            .end_task(&id, EndReason::Completed, SystemTime::now())
-            .unwrap()
-            .is_some()
-    );
+    f.end_elsewhere(&id);
     // Whatever happened within the interval, once it has passed the revocation is seen.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let e = f.call(&task, json!({})).await.unwrap_err();
-    assert_eq!(reason(e), "token_revoked");
-    assert_eq!(f.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(f.refused(&task, json!({})).await, "token_revoked");
+    assert_eq!(f.runs(), 1);
 }
 
 #[tokio::test]
 async fn the_agent_token_alone_reaches_nothing() {
     let f = fixture();
     let agent = f.scratch.agent("a", "t", &["note"]);
-    let e = f.call(&agent, json!({})).await.unwrap_err();
-    assert_eq!(reason(e), "task-required");
-    assert_eq!(f.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(f.refused(&agent, json!({})).await, "task-required");
+    assert_eq!(f.runs(), 0);
 }
 
 /// `tools/list` tries each string a token names as a resource, one Datalog run each: a token

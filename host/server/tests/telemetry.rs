@@ -215,6 +215,22 @@ impl Fixture {
         self.issue(&token, self.intent(purpose))
             .expect("task issued")
     }
+
+    /// [`Fixture::begin`], and a stdio client presenting the task's token.
+    async fn session(&self, agent: &str, purpose: &str) -> (IssuedTask, Client) {
+        let task = self.begin(agent, purpose);
+        let client = stdio_client(&self.host, &task.token).await;
+        (task, client)
+    }
+}
+
+/// Writes `out/report.txt` with `token` on `host` (a fixture's, or one reopened over its state).
+async fn write_report(
+    host: &Host,
+    token: &str,
+) -> Result<capgate_core::ToolOutput, InProcessError> {
+    let report = args(json!({"path": "out/report.txt"}));
+    host.call(token, "fs_write", report).await
 }
 
 type Client = capgate_testkit::Client;
@@ -263,9 +279,8 @@ fn children<'a>(spans: &'a [SpanData], parent: &SpanData) -> Vec<&'a SpanData> {
 #[tokio::test]
 async fn allowed_and_denied_calls_are_children_of_the_task_span() {
     let fx = Fixture::new();
-    let task = fx.begin("agent-calls", "summarize the docs");
+    let (task, client) = fx.session("agent-calls", "summarize the docs").await;
     let record = &task.record;
-    let client = stdio_client(&fx.host, &task.token).await;
     let protocol = client
         .peer_info()
         .expect("server info")
@@ -409,9 +424,8 @@ async fn in_process_calls_are_traced_too() {
 #[tokio::test]
 async fn caller_trace_context_is_followed_and_malformed_context_ignored() {
     let fx = Fixture::new();
-    let task = fx.begin("agent-traceparent", "follow the caller");
+    let (task, client) = fx.session("agent-traceparent", "follow the caller").await;
     let record = &task.record;
-    let client = stdio_client(&fx.host, &task.token).await;
 
     let (caller_trace, caller_span) = new_trace_ids();
     let tp = format!("00-{caller_trace}-{caller_span}-01");
@@ -477,9 +491,8 @@ async fn caller_trace_context_is_followed_and_malformed_context_ignored() {
 async fn an_ended_task_exports_its_summary_span() {
     let fx = Fixture::new();
     let before = SystemTime::now();
-    let task = fx.begin("agent-end", "summarize the docs");
+    let (task, client) = fx.session("agent-end", "summarize the docs").await;
     let record = &task.record;
-    let client = stdio_client(&fx.host, &task.token).await;
     for path in ["docs/a.txt", "docs/b.txt"] {
         assert_eq!(
             call(&client, "fs_read", path, None).await.is_error,
@@ -692,14 +705,7 @@ async fn an_unwritable_audit_log_denies_calls() {
         panic!("an unrecorded issuance does not stand");
     };
     assert!(refused.to_string().contains("audit log"), "{refused}");
-    let err = host
-        .call(
-            &task.token,
-            "fs_write",
-            args(json!({"path": "out/report.txt"})),
-        )
-        .await
-        .expect_err("refused");
+    let err = write_report(&host, &task.token).await.expect_err("refused");
     match err {
         InProcessError::Denied(d) => assert_eq!(d.reason, "audit_unavailable"),
         other => panic!("expected a denial, got {other:?}"),
@@ -724,12 +730,7 @@ async fn fail_open_audit_lets_calls_run() {
         "fs_write",
     );
     let task = fx.begin("agent-audit-open", "audit may fail");
-    fx.host
-        .call(
-            &task.token,
-            "fs_write",
-            args(json!({"path": "out/report.txt"})),
-        )
+    write_report(&fx.host, &task.token)
         .await
         .expect("fail-open runs the call");
     assert_eq!(fx.writes.load(Ordering::SeqCst), 1);

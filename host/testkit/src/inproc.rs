@@ -11,7 +11,7 @@ use capgate_server::telemetry::Providers;
 use capgate_server::{Config, Host, HostBuilder};
 use rmcp::service::ServiceExt;
 
-use crate::install::Client;
+use crate::client::Client;
 
 /// A config for a scratch host: state under `<dir>/state`, plus `extra` TOML.
 pub fn config(dir: &Path, extra: &str) -> Config {

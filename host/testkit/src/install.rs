@@ -4,15 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rmcp::service::{RoleClient, RunningService, ServiceExt};
+use rmcp::service::ServiceExt;
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use serde_json::Value;
 
+use crate::client::Client;
 use crate::init_crypto;
 use crate::server::Server;
-
-/// An rmcp client with no handler of its own.
-pub type Client = RunningService<RoleClient, ()>;
 
 /// A scratch capgate installation in a temporary directory.
 pub struct Capgate {
@@ -106,19 +104,29 @@ resources = ["globex/"]
 
     /// `capgate --config <this config> ...`, run in the installation's directory.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.current_dir(self.dir.path())
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("CAPGATE_TOKEN")
-            .env_remove("CAPGATE_ROOT_KEY_FILE")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        c
+        isolated_cmd(&self.bin, self.dir.path(), &self.config)
     }
 
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.cmd().args(args).output().expect("run capgate")
+    }
+
+    /// Runs a command that must fail; its standard error.
+    pub fn stderr_of_failure(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `capgate task show ID --json`, parsed.
+    pub fn show_task(&self, id: &str) -> Value {
+        serde_json::from_str(&self.stdout_of(&["task", "show", id, "--json"]))
+            .expect("task show --json")
+    }
+
+    /// `capgate task list`: one line a task.
+    pub fn task_list(&self) -> String {
+        self.stdout_of(&["task", "list"])
     }
 
     /// Mints an agent token. `resources` are `TOOL=PREFIX`.
@@ -281,6 +289,29 @@ resources = ["globex/"]
             .map(|l| serde_json::from_str(l).expect("audit line parses"))
             .collect()
     }
+
+    /// The audit log's lines of the calls made under task `id`.
+    pub fn audited_calls(&self, id: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|l| l["kind"] == "call" && l["task"] == id)
+            .collect()
+    }
+}
+
+/// `BIN --config CONFIG`, run in `dir`, with none of the caller's capgate or OTLP settings
+/// leaking in from the environment.
+pub fn isolated_cmd(bin: &Path, dir: &Path, config: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .env_remove("CAPGATE_TOKEN")
+        .env_remove("CAPGATE_CONFIG")
+        .env_remove("CAPGATE_ROOT_KEY_FILE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    c
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

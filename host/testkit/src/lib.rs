@@ -22,7 +22,7 @@ pub mod server;
 pub mod tools;
 
 pub use client::*;
-pub use install::{Capgate, Client, capgate_bin, example_bin};
+pub use install::{Capgate, capgate_bin, example_bin};
 pub use server::{Origin, RawSession, Server};
 
 /// The test process's HTTP clients (reqwest, rmcp's client) use rustls with ring, the provider

@@ -10,7 +10,7 @@ use rmcp::service::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-use crate::install::Client;
+use crate::client::Client;
 
 /// A running `capgate serve --http`.
 pub struct Server {
@@ -60,6 +60,63 @@ impl Server {
 
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `POST /v1/tasks` with `body`, as `token`, presenting `approval` as `Capgate-Approval`
+    /// when given.
+    pub async fn post_task(
+        &self,
+        token: &str,
+        approval: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/v1/tasks", self.base()))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(a) = approval {
+            req = req.header("capgate-approval", a);
+        }
+        req.send().await.expect("POST /v1/tasks")
+    }
+
+    /// `POST /v1/tasks` with `body`, as `token`, which must be refused with `status`; the JSON
+    /// body of the refusal.
+    pub async fn post_task_refused(
+        &self,
+        token: &str,
+        body: &serde_json::Value,
+        status: u16,
+    ) -> serde_json::Value {
+        let resp = self.post_task(token, None, body).await;
+        assert_eq!(resp.status(), status, "POST /v1/tasks {body}");
+        resp.json().await.expect("a JSON body")
+    }
+
+    /// `method /v1/tasks/{id}` (`GET` to read a task, `DELETE` to end it), as `token`.
+    pub async fn task_request(
+        &self,
+        method: reqwest::Method,
+        id: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        reqwest::Client::new()
+            .request(method, format!("{}/v1/tasks/{id}", self.base()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("a request to /v1/tasks/ID")
+    }
+
+    /// The JSON body of [`Server::task_request`]'s answer.
+    pub async fn task_json(
+        &self,
+        method: reqwest::Method,
+        id: &str,
+        token: &str,
+    ) -> serde_json::Value {
+        let resp = self.task_request(method, id, token).await;
+        resp.json().await.expect("a JSON body")
     }
 
     /// An rmcp client presenting `token` as Bearer.

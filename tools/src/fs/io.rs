@@ -52,6 +52,17 @@ pub(super) fn open_regular(
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    // A second hard link to the file may stand anywhere on the file system, outside the root
+    // or the grant: reading or appending through this name would reach that file too.
+    #[cfg(unix)]
+    {
+        use cap_std::fs::MetadataExt;
+        if meta.nlink() > 1 {
+            return Err(std::io::Error::other(
+                "it has other hard links, which may lie outside what was granted; refused",
+            ));
+        }
+    }
     Ok(file)
 }
 

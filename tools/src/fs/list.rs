@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use capgate_core::{Operation, Resource, ToolError, ToolOutput};
+use capgate_core::{Operation, Resource, ToolContext, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -27,12 +27,18 @@ pub(crate) fn fs_list(root: Arc<FsRoot>) -> impl capgate_core::Tool {
         description: "List a directory inside the workspace: names, kinds and sizes.",
         operation: Operation::Read,
         path: |root, a: &ListArgs| root.resource("path", a.path.as_deref().unwrap_or(".")),
-        work: |root, resource, _, _| list(root, resource),
+        work: |root, resource, _, ctx| list(root, resource, ctx),
     }
     .build(root)
 }
 
-pub(super) fn list(root: &FsRoot, resource: &Resource) -> Result<ToolOutput, ToolError> {
+/// The entries of the directory the guard authorized that the call may also reach: another
+/// tenant's directory, or capgate's own state, under it is left out.
+pub(super) fn list(
+    root: &FsRoot,
+    resource: &Resource,
+    ctx: &ToolContext,
+) -> Result<ToolOutput, ToolError> {
     let rel = root.relative(resource)?;
     let shown = root.display(resource);
     let entries = root
@@ -51,6 +57,9 @@ pub(super) fn list(root: &FsRoot, resource: &Resource) -> Result<ToolOutput, Too
         let ft = entry
             .file_type()
             .map_err(|e| io_failed("cannot list", &shown, e))?;
+        if !root.reachable(&rel.join(&name), ft.is_dir(), ctx) {
+            continue;
+        }
         let kind = if ft.is_symlink() {
             "symlink"
         } else if ft.is_dir() {

@@ -29,7 +29,6 @@ use cap_std::fs::Dir;
 use capgate_core::{Operation, Resource, Tool, ToolContext, ToolError, ToolOutput, TypedTool};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::FsConfig;
 use io::blocking;
@@ -50,7 +49,7 @@ struct FsTool<A> {
     /// The canonical resource the arguments name; refusing here refuses before the guard.
     path: fn(&FsRoot, &A) -> Result<Resource, ToolError>,
     /// The tool's effect, on the authorized resource.
-    work: fn(&FsRoot, &Resource, &A, &CancellationToken) -> Result<ToolOutput, ToolError>,
+    work: fn(&FsRoot, &Resource, &A, &ToolContext) -> Result<ToolOutput, ToolError>,
 }
 
 impl<A: DeserializeOwned + JsonSchema + Send + 'static> FsTool<A> {
@@ -65,8 +64,7 @@ impl<A: DeserializeOwned + JsonSchema + Send + 'static> FsTool<A> {
             self.operation,
             move |args: A, resource: Resource, ctx: ToolContext| {
                 let root = Arc::clone(&on_run);
-                let cancel = ctx.cancelled().clone();
-                async move { blocking(move || work(&root, &resource, &args, &cancel)).await }
+                async move { blocking(move || work(&root, &resource, &args, &ctx)).await }
             },
         )
         .title(self.title)
@@ -79,6 +77,8 @@ impl<A: DeserializeOwned + JsonSchema + Send + 'static> FsTool<A> {
 pub struct FsRoot {
     root: PathBuf,
     dir: Dir,
+    /// `limits.hidden`, canonical where it exists.
+    hidden: Vec<PathBuf>,
     pub(super) limits: FsConfig,
 }
 
@@ -94,11 +94,41 @@ impl FsRoot {
         std::fs::create_dir_all(&config.root)?;
         let root = std::fs::canonicalize(&config.root)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority())?;
+        let hidden = config
+            .hidden
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
         Ok(FsRoot {
             root,
             dir,
+            hidden,
             limits: config.clone(),
         })
+    }
+
+    /// Whether `path` (absolute, canonical) is capgate's own state, which no tool reaches.
+    pub(super) fn is_hidden(&self, path: &Path) -> bool {
+        self.hidden.iter().any(|h| path.starts_with(h))
+    }
+
+    /// Whether the walk of a call may touch the entry at `rel` (relative to the root): not
+    /// capgate's state, and allowed by the guard for this call (another tenant's directory
+    /// under a granted one is not).
+    pub(super) fn reachable(&self, rel: &Path, is_dir: bool, ctx: &ToolContext) -> bool {
+        let plain: PathBuf = rel
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect();
+        let abs = self.root.join(plain);
+        if self.is_hidden(&abs) {
+            return false;
+        }
+        let mut s = abs.to_string_lossy().into_owned();
+        if is_dir && !s.ends_with('/') {
+            s.push('/');
+        }
+        ctx.permits(&Resource::new(s))
     }
 
     /// The canonical root.
@@ -172,6 +202,14 @@ impl FsRoot {
         }
         if !current.starts_with(&self.root) {
             return Err(self.outside(field, raw));
+        }
+        if self.is_hidden(&current) {
+            return Err(ToolError::invalid(
+                field,
+                format!(
+                    "`{raw}` is capgate's own state (its key, store or audit log); no tool reaches it"
+                ),
+            ));
         }
         Ok(current)
     }
@@ -374,7 +412,7 @@ mod tests {
         let args = read_args("docs/a/x.txt");
         let e = read(&r, &file, &args).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert!(list(&r, &dir).is_err());
+        assert!(list(&r, &dir, &ToolContext::detached("fs_list")).is_err());
         let w = WriteArgs {
             path: "docs/a/x.txt".into(),
             content: "planted".into(),
@@ -439,6 +477,76 @@ mod tests {
         );
     }
 
+    /// A file with a second hard link may be the same file as one outside the root: it is
+    /// neither read nor appended to, and a search passes it by. Replacing it (write, rename)
+    /// touches only this name.
+    #[cfg(unix)]
+    #[test]
+    fn hard_linked_files_are_refused() {
+        let (dir, r) = root();
+        let outside = dir.path().join("secret.txt");
+        std::fs::hard_link(&outside, r.root().join("docs/a/linked.txt")).unwrap();
+        let res = r.resource("path", "docs/a/linked.txt").unwrap();
+        let e = read(&r, &res, &read_args("docs/a/linked.txt")).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
+        let w = WriteArgs {
+            path: "docs/a/linked.txt".into(),
+            content: "appended".into(),
+            append: true,
+            create_dirs: false,
+        };
+        assert!(write(&r, &res, &w).is_err());
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "top secret");
+        let search_args = SearchArgs {
+            pattern: "secret".into(),
+            path: None,
+            regex: false,
+            max_results: None,
+        };
+        let docs = r.resource("path", "docs").unwrap();
+        let out = search(&r, &docs, &search_args, &ToolContext::detached("fs_search")).unwrap();
+        assert_eq!(out.structured.unwrap()["matches"], serde_json::json!([]));
+    }
+
+    /// capgate's own state under the root (`serve --root .`) is out of every tool's reach: not
+    /// resolved, not listed, not searched.
+    #[test]
+    fn capgate_state_is_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(ws.join(".capgate")).unwrap();
+        std::fs::write(ws.join(".capgate/root.key"), "ed25519-private/secret").unwrap();
+        std::fs::write(ws.join("note.txt"), "secret? no").unwrap();
+        let cfg = FsConfig {
+            root: ws.clone(),
+            hidden: vec![ws.join(".capgate")],
+            ..FsConfig::default()
+        };
+        let r = FsRoot::open(&cfg).unwrap();
+        let e = r.resolve("path", ".capgate/root.key").unwrap_err();
+        assert!(e.to_string().contains("capgate's own state"), "{e}");
+        assert!(
+            r.resolve("path", "./.capgate/../.capgate/root.key")
+                .is_err()
+        );
+        let all = r.resource("path", ".").unwrap();
+        let listed = list(&r, &all, &ToolContext::detached("fs_list")).unwrap();
+        assert!(!listed.structured.unwrap().to_string().contains(".capgate"));
+        let args = SearchArgs {
+            pattern: "secret".into(),
+            path: None,
+            regex: false,
+            max_results: None,
+        };
+        let found = search(&r, &all, &args, &ToolContext::detached("fs_search")).unwrap();
+        let matches = found.structured.unwrap()["matches"].clone();
+        assert_eq!(
+            matches.as_array().unwrap().len(),
+            1,
+            "only note.txt: {matches}"
+        );
+    }
+
     /// A FIFO would block a reader forever: it is refused, and a search passes it by.
     #[cfg(unix)]
     #[test]
@@ -461,13 +569,7 @@ mod tests {
             max_results: None,
         };
         let docs = r.resource("path", "docs").unwrap();
-        let out = search(
-            &r,
-            &docs,
-            &search_args,
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap();
+        let out = search(&r, &docs, &search_args, &ToolContext::detached("fs_search")).unwrap();
         let found = out.structured.unwrap()["matches"].clone();
         assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cap_std::fs::OpenOptions;
-use capgate_core::{Operation, Resource, ToolError, ToolOutput};
+use capgate_core::{Operation, Resource, ToolContext, ToolError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -62,8 +62,9 @@ pub(super) fn search(
     root: &FsRoot,
     resource: &Resource,
     args: &SearchArgs,
-    cancel: &tokio_util::sync::CancellationToken,
+    ctx: &ToolContext,
 ) -> Result<ToolOutput, ToolError> {
+    let cancel = ctx.cancelled();
     let rel = root.relative(resource)?.to_path_buf();
     let shown = root.display(resource);
     let matcher: Box<dyn Fn(&str) -> bool> = if args.regex {
@@ -113,12 +114,17 @@ pub(super) fn search(
             } else {
                 dir_rel.join(&name)
             };
+            // The walk reaches further than the directory the guard authorized: every entry is
+            // put to the guard again (another tenant's directory under a granted one is not
+            // entered) and capgate's own state is never read.
             if ft.is_dir() {
-                stack.push(child);
+                if root.reachable(&child, true, ctx) {
+                    stack.push(child);
+                }
                 continue;
             }
-            if !ft.is_file() {
-                continue; // symbolic links, FIFOs, sockets, devices
+            if !ft.is_file() || !root.reachable(&child, false, ctx) {
+                continue; // symbolic links, FIFOs, sockets, devices; refused entries
             }
             files += 1;
             if files > root.limits.max_search_files {

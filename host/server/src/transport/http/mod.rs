@@ -2,11 +2,12 @@
 //!
 //! Layers, outermost first: `Host`/`Origin` validation ([`origin`], 403), then for every route
 //! but `/healthz` bearer authentication ([`auth`], 401 with `WWW-Authenticate: Bearer
-//! error="invalid_token"`, or 503 when capgate cannot check), then the route ([`tasks`], or
-//! rmcp's MCP service). Bodies over `[server] max_request_bytes` get 413.
+//! error="invalid_token"`, or 503 when capgate cannot check), then, for `/mcp`, session
+//! ownership and request ids ([`sessions`]), then the route ([`tasks`], or rmcp's MCP service). Bodies over `[server] max_request_bytes` get 413.
 
 mod auth;
 mod origin;
+mod sessions;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -107,12 +108,17 @@ fn router(
         host: host.clone(),
         headerless,
     });
+    let manager = Arc::new(LocalSessionManager::default());
+    let sessions = Arc::new(sessions::Sessions::new(
+        Arc::clone(&manager),
+        config.server.max_request_bytes,
+    ));
     let factory_host = host.clone();
     // Host and Origin are checked once, by capgate's own layer, for the task API and MCP alike;
     // rmcp's copy of the check is switched off.
     let mcp = StreamableHttpService::new(
         move || Ok(factory_host.session(Transport::Http, None)),
-        Arc::new(LocalSessionManager::default()),
+        manager,
         StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
             .disable_allowed_origins()
@@ -123,6 +129,7 @@ fn router(
         .nest_service("/mcp", mcp)
         .route("/v1/tasks", axum::routing::post(tasks::create))
         .route("/v1/tasks/{id}", get(tasks::show).delete(tasks::end))
+        .layer(middleware::from_fn_with_state(sessions, sessions::guard))
         .layer(DefaultBodyLimit::max(config.server.max_request_bytes))
         .layer(middleware::from_fn_with_state(gate, auth::authenticate))
         .with_state(host.clone());
