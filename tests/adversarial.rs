@@ -120,16 +120,21 @@ async fn broken_tokens_get_401_and_nothing_runs() {
         write_gets_401(&cg, &server, token.as_deref(), why, &path).await;
     }
     // A 1 MiB bearer token never reaches capgate: the HTTP server refuses headers that large
-    // (431) before any request handling. Nothing runs.
+    // (431) before any request handling, and may close the connection while the client is
+    // still sending (the client then sees a broken pipe instead of the 431). Nothing runs.
     let huge = "A".repeat(1024 * 1024);
-    let resp = raw_call(
-        &server,
-        Some(&huge),
-        "fs_write",
-        json!({"path": "acme/out/huge.txt", "content": "x"}),
-    )
-    .await;
-    assert_eq!(resp.status(), 431, "a 1 MiB token");
+    let sent = reqwest::Client::new()
+        .post(server.url())
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {huge}"))
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "fs_write", "arguments": {"path": "acme/out/huge.txt", "content": "x"}}}))
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => assert_eq!(resp.status(), 431, "a 1 MiB token"),
+        Err(e) => assert!(e.is_request(), "the server cut the request short: {e:?}"),
+    }
     assert!(!cg.root.join("acme/out/huge.txt").exists());
     // The valid token still works: the refusals above were about the tokens.
     let client = server.client(&task).await;
@@ -377,13 +382,30 @@ async fn tenant_boundaries_hold_at_issuance_and_at_call_time() {
     let body = server.post_task_refused(&agent, &other_tenant, 403).await;
     assert_eq!(body["reason"], "tenant-mismatch", "{body}");
 
-    // A task over all of fs_read still cannot reach another tenant's files.
-    let (_id, task) = cg.task(&agent, &["fs_read"], &[]);
+    // A task over all of fs_read would cover globex's files: it is not issued.
+    let refused = cg
+        .begin_cli(
+            &agent,
+            "everything",
+            &["fs_read"],
+            &[],
+            &["--approved-by", "tester"],
+        )
+        .unwrap_err();
+    assert!(refused.contains("covers-other-tenant"), "{refused}");
+    // A task over acme's files cannot reach globex's by any path.
+    let (_id, task) = cg.task(&agent, &["fs_read"], &["fs_read=acme/"]);
     let client = server.client(&task).await;
-    let secret = json!({"path": "globex/plans/secret-plan.txt"});
-    let d = call_denied(&client, "fs_read", secret).await;
-    assert_eq!(d["reason"], "cross-tenant", "{d}");
-    assert!(!d["text"].as_str().unwrap().contains("globex plan"));
+    for path in [
+        "globex/plans/secret-plan.txt",
+        "acme/../globex/plans/secret-plan.txt",
+    ] {
+        // Both the tenant rule and the task's grant refuse; the host policy's name comes first.
+        let d = call_denied(&client, "fs_read", json!({"path": path})).await;
+        assert_eq!(d["reason"], "cross-tenant", "{path}: {d}");
+        assert_eq!(d["failed_checks"].as_array().unwrap().len(), 2, "{d}");
+        assert!(!d["text"].as_str().unwrap().contains("globex plan"));
+    }
     call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     client.cancel().await.unwrap();
 }
@@ -423,10 +445,14 @@ async fn a_task_token_reaches_its_own_task_only() {
 async fn tenant_url_prefixes_hold_in_any_spelling() {
     let origin = Origin::start();
     let addr = origin.url("").trim_start_matches("http://").to_owned();
-    let cg = Capgate::with_config(&format!(
+    // The task is issued over all of http_fetch before the tenant that owns part of the origin
+    // is configured (issuance would refuse a prefix covering it: `covers-other-tenant`), so only
+    // the call-time rule stands between it and that tenant's URLs.
+    let cg = Capgate::new();
+    let task = acme_task(&cg, &["http_fetch"], &[]);
+    cg.append_config(&format!(
         "[tenants.initech]\nresources = [\"HTTP://{addr}/initech/\"]\n"
     ));
-    let task = acme_task(&cg, &["http_fetch"], &[]);
     let server = cg.serve_http();
     let client = server.client(&task).await;
     for url in [

@@ -309,7 +309,8 @@ async fn in_band_tasks_over_stdio_and_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_band_approval_is_asked_through_elicitation() {
-    let cg = Capgate::new();
+    // The operator trusts the MCP client to show the question to a person (off by default).
+    let cg = Capgate::with_config("[policy]\nelicitation_approval = true\n");
     let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
     let intent = json!({"purpose": "Save the summary", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]},
                         "on_behalf_of": "carol"});
@@ -363,11 +364,11 @@ async fn in_band_approval_is_asked_through_elicitation() {
     );
 }
 
-/// With `elicitation_approval = false` the human is not asked in-band: the client relaying the
+/// By default (`elicitation_approval = false`) the human is not asked in-band: the client relaying the
 /// answer may be the agent itself. The request is refused as unapproved.
 #[tokio::test(flavor = "multi_thread")]
-async fn elicitation_approval_can_be_switched_off() {
-    let cg = Capgate::with_config("[policy]\nelicitation_approval = false\n");
+async fn elicitation_approval_is_off_unless_the_operator_turns_it_on() {
+    let cg = Capgate::new();
     let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
     let yes = Human::answering(Some((true, "Alice")));
     let client = yes.connect(&cg, &agent).await;

@@ -150,6 +150,7 @@ pub struct Issuer {
     max_ttl: Duration,
     default_ttl: Duration,
     tenant_prefixes: Arc<Vec<(String, String)>>,
+    tool_tenant_prefixes: Arc<Vec<ToolTenantPrefix>>,
     observers: Vec<Arc<dyn IssuanceObserver>>,
 }
 
@@ -163,6 +164,19 @@ pub struct IssuerSettings {
     pub default_ttl: Duration,
     /// `(tenant, canonical prefix)` pairs.
     pub tenant_prefixes: Arc<Vec<(String, String)>>,
+    /// Tenants' prefixes as each tool that canonicalizes prefixes spells them.
+    pub tool_tenant_prefixes: Arc<Vec<ToolTenantPrefix>>,
+}
+
+/// A tenant's prefix as one tool spells its resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolTenantPrefix {
+    /// The tool.
+    pub tool: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The prefix, canonical for that tool.
+    pub prefix: String,
 }
 
 impl Issuer {
@@ -183,6 +197,7 @@ impl Issuer {
             max_ttl: settings.max_ttl,
             default_ttl: settings.default_ttl,
             tenant_prefixes: settings.tenant_prefixes,
+            tool_tenant_prefixes: settings.tool_tenant_prefixes,
             observers: Vec::new(),
         }
     }
@@ -342,6 +357,14 @@ impl Issuer {
             for (tenant, p) in self.tenant_prefixes.iter() {
                 b = b
                     .fact(fact(vocab::TENANT_PREFIX, &[string(tenant), string(p)]))
+                    .map_err(internal)?;
+            }
+            for t in self.tool_tenant_prefixes.iter().filter(|t| &t.tool == tool) {
+                b = b
+                    .fact(fact(
+                        vocab::TOOL_TENANT_PREFIX,
+                        &[string(&t.tool), string(&t.tenant), string(&t.prefix)],
+                    ))
                     .map_err(internal)?;
             }
             let outcome = b.build(&token.biscuit).and_then(|mut a| a.authorize());

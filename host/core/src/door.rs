@@ -195,6 +195,16 @@ impl Catalog {
             })
     }
 
+    /// `prefix` as `tool` spells its own resources, when the tool canonicalizes prefixes at all
+    /// (see [`Tool::canonicalizes_prefixes`]) and accepts this one.
+    pub fn spelled_prefix(&self, tool: &str, prefix: &str) -> Option<String> {
+        let entry = self.tools.get(tool)?;
+        if !entry.tool.canonicalizes_prefixes() {
+            return None;
+        }
+        entry.tool.canonical_prefix(prefix).ok()
+    }
+
     /// Resolves a call (tool, schema, resource) without authorizing it: a [`Prepared`] call can
     /// be put to a guard (or described), never run; only the door runs calls.
     pub fn prepare(&self, name: &str, args: Option<Arguments>) -> Result<Prepared, CallError> {

@@ -104,6 +104,21 @@ pub struct TaskGrant {
     pub expires_at: SystemTime,
 }
 
+/// Whether a granted prefix covers a resource: the empty prefix covers everything, a prefix
+/// ending in `/` covers what lies below it, and any other names exactly one resource. (A plain
+/// string prefix would let the grant `docs/a.txt` reach `docs/a.txt.secret`.) The guard's
+/// Datalog spells the same rule ([`COVERS_DATALOG`]).
+pub fn covers(prefix: &str, resource: &str) -> bool {
+    prefix.is_empty()
+        || resource == prefix
+        || (prefix.ends_with('/') && resource.starts_with(prefix))
+}
+
+/// [`covers`] as a Datalog expression over the variables `$p` (the prefix) and `$r` (the
+/// resource), for the task block's check.
+pub const COVERS_DATALOG: &str =
+    "$p == \"\" || $r == $p || ($p.ends_with(\"/\") && $r.starts_with($p))";
+
 /// Why a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,7 +193,7 @@ impl TaskRecord {
                 .grant
                 .tools
                 .get(tool)
-                .is_some_and(|prefixes| prefixes.iter().any(|p| resource.starts_with(p.as_str())))
+                .is_some_and(|prefixes| prefixes.iter().any(|p| covers(p, resource)))
     }
 
     /// Active = not ended and not past its expiry.
@@ -201,6 +216,20 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_covers_at_a_boundary_or_exactly() {
+        assert!(covers("", "/ws/anything"));
+        assert!(covers("/ws/docs/", "/ws/docs/a.txt"));
+        assert!(covers("/ws/docs/a.txt", "/ws/docs/a.txt"));
+        assert!(!covers("/ws/docs/a.txt", "/ws/docs/a.txt.secret"));
+        assert!(!covers("/ws/docs/a.txt", "/ws/docs/a.txt-old/x"));
+        assert!(!covers("/ws/docs", "/ws/docs-private/x"));
+        assert!(covers(
+            "https://api.example.com/",
+            "https://api.example.com/v1"
+        ));
+    }
 
     #[test]
     fn a_tool_named_twice_in_resources_is_refused() {

@@ -324,6 +324,13 @@ pub trait Tool: Send + Sync + 'static {
         Ok(prefix.to_owned())
     }
 
+    /// Whether [`Tool::canonical_prefix`] spells prefixes the way this tool's resources are
+    /// spelled (paths resolved under a root, normalized URLs), rather than keeping them as
+    /// written. Only then does a tenant's prefix, so spelled, name resources of this tool.
+    fn canonicalizes_prefixes(&self) -> bool {
+        false
+    }
+
     /// Performs the call. Reached only through the door ([`Door::dispatch`]), for a call the
     /// guard allowed and the audit stage recorded: nothing outside this crate can build the
     /// [`ToolInput`] it takes.
@@ -429,6 +436,10 @@ where
         }
     }
 
+    fn canonicalizes_prefixes(&self) -> bool {
+        self.prefix.is_some()
+    }
+
     fn call(&self, input: ToolInput) -> ToolFuture<'_> {
         let (args, resource, ctx) = input.into_parts();
         let typed = Self::decode(&args);
@@ -506,6 +517,10 @@ impl Tool for DynamicTool {
             Some(f) => f(prefix),
             None => Ok(prefix.to_owned()),
         }
+    }
+
+    fn canonicalizes_prefixes(&self) -> bool {
+        self.prefix.is_some()
     }
 
     fn call(&self, input: ToolInput) -> ToolFuture<'_> {

@@ -42,6 +42,9 @@ pub const SESSION: &str = "session";
 /// `tenant_prefix($tenant, $prefix)`: from `[tenants]`.
 pub const TENANT_PREFIX: &str = "tenant_prefix";
 
+/// `tool_tenant_prefix($tool, $tenant, $prefix)`: a tenant's prefix as one tool spells its
+/// resources (issuance).
+pub const TOOL_TENANT_PREFIX: &str = "tool_tenant_prefix";
 /// `request_tenant($t)`: the tenant a task request acts for.
 pub const REQUEST_TENANT: &str = "request_tenant";
 /// `request_ttl($seconds)`.
@@ -79,6 +82,7 @@ pub const ISSUANCE_FACTS: &[&str] = &[
     RESOURCE,
     TRANSPORT,
     TENANT_PREFIX,
+    TOOL_TENANT_PREFIX,
     REQUEST_TENANT,
     REQUEST_TTL,
     MAX_TTL,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use biscuit_auth::{AuthorizerLimits, PublicKey};
+use capgate_authz::issuance::ToolTenantPrefix;
 use capgate_authz::policy::LintWarning;
 use capgate_authz::{
     CallEnv, CredentialError, Denial, Guard, GuardSettings, Issuer, IssuerSettings, Policy,
@@ -185,6 +186,7 @@ impl HostBuilder {
                 max_ttl: config.policy.max_task_ttl,
                 default_ttl: config.policy.default_task_ttl,
                 tenant_prefixes,
+                tool_tenant_prefixes: Arc::new(tool_tenant_prefixes(&config, door.catalog())),
             },
         );
         issuer.observe(telemetry.clone());
@@ -243,6 +245,29 @@ fn tenant_prefixes(config: &Config, catalog: &Catalog) -> Vec<(String, String)> 
                     s.push('/');
                 }
                 push(tenant, s);
+            }
+        }
+    }
+    out
+}
+
+/// Each tenant's prefixes as each tool that canonicalizes prefixes spells them: what a task
+/// request must not cover for that tool (the shipped `covers-other-tenant` rule).
+fn tool_tenant_prefixes(config: &Config, catalog: &Catalog) -> Vec<ToolTenantPrefix> {
+    let mut out = Vec::new();
+    for (tenant, t) in &config.tenants {
+        for raw in &t.resources {
+            for spec in catalog.specs() {
+                if let Some(prefix) = catalog
+                    .spelled_prefix(&spec.name, raw)
+                    .filter(|p| !p.is_empty())
+                {
+                    out.push(ToolTenantPrefix {
+                        tool: spec.name.clone(),
+                        tenant: tenant.clone(),
+                        prefix,
+                    });
+                }
             }
         }
     }

@@ -153,6 +153,11 @@ resources = ["globex/"]
     }
 
     /// Appends TOML to the config file, as an operator editing it between runs would.
+    /// Replaces the whole config file (the root key and the files stay).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     pub fn append_config(&self, toml: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         std::fs::write(&self.config, format!("{text}\n{toml}\n")).unwrap();

@@ -272,12 +272,37 @@ impl RawSession {
             .unwrap_or_else(|| panic!("no response to `{method}`"))
     }
 
+    /// The session id the server gave this session.
+    pub fn session_id(&self) -> &str {
+        self.session.as_deref().expect("an initialized session")
+    }
+
+    /// POSTs one message in this session without waiting on anything else of the session (so
+    /// several can be in flight); the JSON-RPC messages of the reply.
+    pub async fn send(&self, body: serde_json::Value) -> Vec<serde_json::Value> {
+        let (messages, _) = self.post_as(&self.token, body).await;
+        messages
+    }
+
     /// POSTs one message; the JSON-RPC messages of the reply (a JSON body or an SSE stream).
     async fn post(&mut self, body: serde_json::Value) -> Vec<serde_json::Value> {
+        let token = self.token.clone();
+        let (messages, session) = self.post_as(&token, body).await;
+        if session.is_some() {
+            self.session = session;
+        }
+        messages
+    }
+
+    async fn post_as(
+        &self,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (Vec<serde_json::Value>, Option<String>) {
         let mut req = self
             .http
             .post(&self.url)
-            .bearer_auth(&self.token)
+            .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-11-25")
             .json(&body);
@@ -286,22 +311,26 @@ impl RawSession {
         }
         let resp = req.send().await.expect("POST /mcp");
         assert!(resp.status().is_success(), "POST /mcp: {}", resp.status());
-        if let Some(s) = resp.headers().get("mcp-session-id") {
-            self.session = Some(s.to_str().unwrap().to_owned());
-        }
+        let session = resp
+            .headers()
+            .get("mcp-session-id")
+            .map(|s| s.to_str().unwrap().to_owned());
         let sse = resp
             .headers()
             .get("content-type")
             .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
         let text = resp.text().await.expect("response body");
         if !sse {
-            return serde_json::from_str(&text)
+            let one = serde_json::from_str(&text)
                 .map(|v| vec![v])
                 .unwrap_or_default();
+            return (one, session);
         }
-        text.lines()
+        let messages = text
+            .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .filter_map(|d| serde_json::from_str(d.trim()).ok())
-            .collect()
+            .collect();
+        (messages, session)
     }
 }

@@ -170,14 +170,16 @@ pub fn task_block(grant: &TaskGrant) -> Result<BlockBuilder, TokenError> {
     }
     let mut params = HashMap::new();
     params.insert("tools".to_owned(), builder::set(names));
-    // The called tool is granted, and the resource sits under a prefix granted *for that tool*
-    // (so a prefix granted for one tool does not open another).
+    // The called tool is granted, and the resource is covered by a prefix granted *for that
+    // tool* (so a prefix granted for one tool does not open another): below a prefix ending in
+    // `/`, or exactly a prefix that does not.
     let checks = format!(
         "check if {tool}($t), {{tools}}.contains($t);\n\
-         check if {tool}($t), {resource}($r), {granted}($t, $p), $r.starts_with($p);",
+         check if {tool}($t), {resource}($r), {granted}($t, $p), {covers};",
         tool = vocab::TOOL,
         resource = vocab::RESOURCE,
         granted = vocab::GRANTED_PREFIX,
+        covers = capgate_core::task::COVERS_DATALOG,
     );
     b = b
         .code_with_params(&checks, params, HashMap::new())

@@ -133,8 +133,9 @@ pub struct PolicyConfig {
     pub default_task_ttl: Duration,
     /// Whether an in-band `task_begin` that needs approval may ask the human through MCP
     /// elicitation. The answer is relayed by the MCP client application, so this trusts that
-    /// application's UI to come from a person; turn it off where the client may be the agent
-    /// itself, and approvals then come only as approval tokens over HTTP or from the CLI.
+    /// application's UI to come from a person. Off by default: the client may be the agent
+    /// itself, which would then approve its own side effects; approvals then come only as
+    /// approval tokens over HTTP or from the CLI.
     pub elicitation_approval: bool,
 }
 
@@ -145,7 +146,7 @@ impl Default for PolicyConfig {
             invocation: None,
             max_task_ttl: Duration::from_secs(3600),
             default_task_ttl: Duration::from_secs(900),
-            elicitation_approval: true,
+            elicitation_approval: false,
         }
     }
 }
