@@ -39,6 +39,9 @@ pub enum Command {
     /// Check the policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 /// `capgate serve`.
@@ -200,5 +203,24 @@ pub enum PolicyCommand {
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
+    },
+}
+
+/// `capgate audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain, across its rotated files, and the root key's
+    /// signature on every checkpoint; name the first line changed, removed or inserted.
+    /// Exit status: 0 intact, 2 broken or not anchored by a signed checkpoint, 1 unreadable.
+    Verify {
+        /// The log (default: the configured one); its rotations FILE.1, FILE.2, ... are read too.
+        file: Option<PathBuf>,
+        /// The root public key (`ed25519/<hex>`, as `capgate keys show` prints it). Default:
+        /// the configured root key's; give it to verify where the private key is not.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -17,7 +17,9 @@ use capgate_server::store::{SqliteStore, TaskStore};
 use capgate_server::telemetry::{AuditLog, AuditRecord, Providers};
 use capgate_server::{Error, Host, HostBuilder};
 
-use crate::cli::{KeysCommand, PolicyCommand, TaskBeginArgs, TaskCommand, TokenCommand};
+use crate::cli::{
+    AuditCommand, KeysCommand, PolicyCommand, TaskBeginArgs, TaskCommand, TokenCommand,
+};
 
 type Extend<'a> = &'a dyn Fn(&mut Registry, &Config) -> Result<(), Error>;
 
@@ -521,4 +523,89 @@ pub(crate) fn policy(config: &Config, cmd: &PolicyCommand) -> anyhow::Result<Exi
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn audit(config: &Config, cmd: &AuditCommand) -> anyhow::Result<ExitCode> {
+    let AuditCommand::Verify {
+        file,
+        public_key,
+        json,
+    } = cmd;
+    let public = match public_key {
+        Some(text) => text
+            .trim()
+            .parse::<biscuit_auth::PublicKey>()
+            .map_err(|e| anyhow::anyhow!("--public-key `{text}`: {e}"))?,
+        None => RootKey::load(&config.root_key_file())
+            .context("no --public-key given, so the configured root key is needed")?
+            .public(),
+    };
+    let path = file.clone().unwrap_or_else(|| config.audit_file());
+    let report = capgate_server::telemetry::audit::verify(&path, Some(&public))?;
+    let intact = report.is_intact();
+    if *json {
+        let out = serde_json::json!({
+            "intact": intact,
+            "files": report.files,
+            "lines": report.lines,
+            "legacy_lines": report.legacy,
+            "first_seq": report.first_seq,
+            "last_seq": report.last_seq,
+            "checkpoints": report.checkpoints,
+            "signed_through_seq": report.signed_through,
+            "unsigned_tail": report.unsigned_tail,
+            "torn_tail_bytes": report.torn_tail,
+            "tamper": report.tamper.as_ref().map(|t| serde_json::json!({
+                "file": t.file, "line": t.line, "what": t.what,
+            })),
+        });
+        println!("{out:#}");
+    } else if let Some(t) = &report.tamper {
+        println!("BROKEN: {t}");
+    } else if !intact {
+        println!(
+            "NOT ANCHORED: {} chained lines but no checkpoint signed by {public}: the chain \
+             proves nothing",
+            report.lines
+        );
+    } else {
+        println!(
+            "ok: {} lines in {} file(s), seq {} to {}, {} signed checkpoint(s)",
+            report.lines,
+            report.files.len(),
+            report.first_seq.unwrap_or(0),
+            report.last_seq.unwrap_or(0),
+            report.checkpoints
+        );
+        if report.first_seq.is_some_and(|s| s > 0) {
+            println!(
+                "note: the chain starts at seq {}: older lines were rotated away",
+                report.first_seq.unwrap_or(0)
+            );
+        }
+        if report.unsigned_tail > 0 {
+            println!(
+                "note: the last {} line(s) come after the last checkpoint: chained, not yet \
+                 signed (capgate signs at shutdown; a crash leaves them so)",
+                report.unsigned_tail
+            );
+        }
+        if report.legacy > 0 {
+            println!(
+                "note: {} line(s) at the start predate the chain and are not protected",
+                report.legacy
+            );
+        }
+        if let Some(bytes) = report.torn_tail {
+            println!(
+                "note: the last line is torn ({bytes} bytes, a crash mid-write); capgate cuts \
+                 it off at its next start"
+            );
+        }
+    }
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -69,6 +69,7 @@ fn run(
         Command::Token(ref t) => commands::token(&load_config(&cli)?, t, extend),
         Command::Task(ref t) => commands::task(load_config(&cli)?, t, extend),
         Command::Policy(ref p) => commands::policy(&load_config(&cli)?, p),
+        Command::Audit(ref a) => commands::audit(&load_config(&cli)?, a),
     }
 }
 

@@ -96,6 +96,124 @@ async fn after_sigkill_every_complete_audit_line_parses() {
         calls >= answered,
         "{answered} calls were answered but only {calls} are in the audit log"
     );
+
+    // The chain holds after the kill (a torn last line is a crash, not a tamper) ...
+    let verified = cg.run(&["audit", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{said}");
+    let torn = !text.ends_with('\n');
+    assert_eq!(said.contains("torn"), torn, "{said}");
+    // ... and after a restart, which cuts a torn line off and says so in the log.
+    let server = cg.serve_http();
+    let client = server.client(&token).await;
+    call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    client.cancel().await.unwrap();
+    assert!(server.stop().success());
+    let log = cg.audit();
+    assert_eq!(
+        log.iter().filter(|l| l["kind"] == "recovered").count(),
+        usize::from(torn),
+        "a repair is recorded exactly when one was made"
+    );
+    let verified = cg.run(&["audit", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{said}");
+    assert!(
+        !said.contains("torn") && !said.contains("not yet signed"),
+        "{said}"
+    );
+}
+
+/// `capgate audit verify` on a log the binary wrote: passes untouched, and names the line that
+/// was edited, deleted or inserted (exit status 2), with the public key alone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_line_changed_removed_or_inserted() {
+    let cg = Capgate::new();
+    let (_agent, _id, token) = read_write_task(&cg, "agent-verify");
+    let server = cg.serve_http();
+    let client = server.client(&token).await;
+    for _ in 0..5 {
+        call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
+    }
+    call_denied(
+        &client,
+        "fs_read",
+        json!({"path": "globex/plans/secret-plan.txt"}),
+    )
+    .await;
+    client.cancel().await.unwrap();
+    assert!(server.stop().success());
+
+    let path = cg.state().join("audit.log");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify"];
+        args.extend_from_slice(extra);
+        let out = cg.run(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = verify(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.starts_with("ok: "), "{said}");
+    // The security team's copy: the public key and the file, no private key.
+    let public = cg.stdout_of(&["keys", "show"]);
+    let public = public
+        .split_whitespace()
+        .find(|w| w.starts_with("ed25519/"))
+        .unwrap();
+    let copy = cg.base().join("copy.log");
+    std::fs::write(&copy, &original).unwrap();
+    let (code, said) = verify(&[copy.to_str().unwrap(), "--public-key", public]);
+    assert_eq!(code, Some(0), "{said}");
+
+    let denied = lines
+        .iter()
+        .position(|l| l.contains(r#""decision":"deny""#) && l.contains(r#""kind":"call""#))
+        .expect("the denial is logged");
+    assert!(denied + 1 < lines.len(), "a line follows the denial");
+    let write = |ls: &[String]| std::fs::write(&copy, ls.join("\n") + "\n").unwrap();
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let name = format!("{}:{}", copy.display(), denied + 1);
+
+    // Edited: the denial turned into an allow.
+    let mut edited = owned.clone();
+    edited[denied] = edited[denied].replace(r#""decision":"deny""#, r#""decision":"allow""#);
+    write(&edited);
+    let (code, said) = verify(&[copy.to_str().unwrap(), "--public-key", public]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains(&name) && said.contains("changed"), "{said}");
+
+    // Deleted: the denial removed; the line now in its place is named.
+    let mut deleted = owned.clone();
+    deleted.remove(denied);
+    write(&deleted);
+    let (code, said) = verify(&[copy.to_str().unwrap(), "--public-key", public]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains(&name) && said.contains("removed"), "{said}");
+
+    // Inserted: a copy of an allow put before the denial.
+    let mut inserted = owned.clone();
+    inserted.insert(denied, owned[denied - 1].clone());
+    write(&inserted);
+    let (code, said) = verify(&[copy.to_str().unwrap(), "--public-key", public]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains(&name) && said.contains("inserted"), "{said}");
+
+    // Against another root key, the first checkpoint does not verify.
+    let other = Capgate::new();
+    let other_public = other.stdout_of(&["keys", "show"]);
+    let other_public = other_public
+        .split_whitespace()
+        .find(|w| w.starts_with("ed25519/"))
+        .unwrap();
+    std::fs::write(&copy, &original).unwrap();
+    let (code, said) = verify(&[copy.to_str().unwrap(), "--public-key", other_public]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("signature"), "{said}");
 }
 
 /// `[audit] path` on a full device: the call is denied with `audit_unavailable`, and the tool

@@ -25,4 +25,4 @@ pub use error::Error;
 pub use guard::{CallEnv, CredentialError, Denial, Grant, Guard, GuardSettings, Transport};
 pub use issuance::{Channel, IssuanceError, IssuedTask, Issuer, IssuerSettings};
 pub use policy::{Policy, PolicyKind};
-pub use token::{RootKey, TokenError, VerifiedToken, Verifier};
+pub use token::{RootKey, TokenError, VerifiedToken, Verifier, verify_signature};

@@ -101,7 +101,7 @@ impl HostBuilder {
         let create = self
             .create_key
             .unwrap_or(config.source == ConfigSource::Embedded);
-        let root_public = if create {
+        let root_key = if create {
             let (key, created) = RootKey::load_or_create(&key_path)?;
             if created {
                 notes.push(format!(
@@ -110,10 +110,21 @@ impl HostBuilder {
                     key.public_text()
                 ));
             }
-            key.public()
+            key
         } else {
-            RootKey::load(&key_path)?.public()
+            RootKey::load(&key_path)?
         };
+        let root_public = root_key.public();
+        // The audit log signs its checkpoints with the root key: refuse one it cannot sign with
+        // now, rather than at the first decision.
+        if root_key.sign(b"").is_none() {
+            return Err(Error::Audit {
+                path: key_path,
+                doing: "cannot sign the audit log's checkpoints with it: the root key must be Ed25519",
+                source: std::io::Error::other("unsupported key algorithm"),
+            });
+        }
+        let root_key = Arc::new(root_key);
 
         let (invocation, issuance) = policies(&config)?;
         for (origin, w) in invocation
@@ -158,6 +169,7 @@ impl HostBuilder {
             &config.audit_file(),
             config.audit.max_bytes,
             config.audit.keep,
+            Some(root_key),
         )?;
         let telemetry = Arc::new(Telemetry::new(
             audit,

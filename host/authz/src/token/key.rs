@@ -95,9 +95,39 @@ impl RootKey {
         self.keypair.public().to_string()
     }
 
+    /// Signs `data` with the root key (the audit log's checkpoints); `None` for a root key that
+    /// is not Ed25519 (biscuit also allows P-256, which capgate does not generate). Anyone
+    /// holding the public key checks it with [`verify_signature`].
+    pub fn sign(&self, data: &[u8]) -> Option<Vec<u8>> {
+        use ed25519_dalek::Signer as _;
+        if self.keypair.algorithm() != biscuit_auth::format::schema::public_key::Algorithm::Ed25519
+        {
+            return None;
+        }
+        let private = self.keypair.private().to_bytes();
+        let seed = <[u8; 32]>::try_from(private.as_slice()).ok()?;
+        Some(
+            ed25519_dalek::SigningKey::from_bytes(&seed)
+                .sign(data)
+                .to_bytes()
+                .to_vec(),
+        )
+    }
+
     pub(crate) fn keypair(&self) -> &KeyPair {
         &self.keypair
     }
+}
+
+/// Whether `signature` is the root key's signature of `data` ([`RootKey::sign`]).
+pub fn verify_signature(public: &PublicKey, data: &[u8], signature: &[u8]) -> bool {
+    let (Ok(key), Ok(sig)) = (
+        <[u8; 32]>::try_from(public.to_bytes().as_slice()),
+        ed25519_dalek::Signature::from_slice(signature),
+    ) else {
+        return false;
+    };
+    ed25519_dalek::VerifyingKey::from_bytes(&key).is_ok_and(|k| k.verify_strict(data, &sig).is_ok())
 }
 
 #[cfg(test)]
@@ -123,6 +153,14 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
+        let signed = key.sign(b"checkpoint").expect("an Ed25519 key signs");
+        assert!(verify_signature(&key.public(), b"checkpoint", &signed));
+        assert!(!verify_signature(&key.public(), b"checkpoinT", &signed));
+        assert!(!verify_signature(
+            &RootKey::generate().public(),
+            b"checkpoint",
+            &signed
+        ));
         let other = RootKey::generate();
         other.write(&path, true).unwrap();
         assert_eq!(

@@ -21,7 +21,7 @@ mod verifier;
 
 pub use error::{MAX_TOKEN_LEN, TokenError};
 pub use inspect::{BlockInspection, Inspection, inspect};
-pub use key::RootKey;
+pub use key::{RootKey, verify_signature};
 pub use mint::{
     AgentGrant, ApprovalScope, append_task_block, mint_agent_token, mint_approval, task_block,
 };

@@ -188,6 +188,10 @@ impl Telemetry {
             t.stop();
         }
         self.usage.stop();
+        // The last lines of this run get signed: only a crash leaves an unsigned tail.
+        if let Err(e) = self.audit.seal() {
+            tracing::error!(error = %capgate_core::error::chain(&e), "cannot write the audit log's closing checkpoint");
+        }
         self.providers.shutdown();
     }
 
