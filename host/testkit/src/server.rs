@@ -284,6 +284,43 @@ impl RawSession {
         messages
     }
 
+    /// Calls `tool` as request `id` without panicking on any failure (for load and fault tests,
+    /// where a server may be killed mid-call): the call's `result`, or what went wrong.
+    pub async fn try_call(
+        &self,
+        id: u64,
+        tool: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        let mut req = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.send().await.map_err(|e| format!("POST /mcp: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| format!("body: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("POST /mcp: {status}: {text}"));
+        }
+        let answer = std::iter::once(text.as_str())
+            .chain(text.lines().filter_map(|l| l.strip_prefix("data:")))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+            .find(|m| m["id"] == id)
+            .ok_or_else(|| format!("no answer to request {id}: {text}"))?;
+        answer
+            .get("result")
+            .cloned()
+            .ok_or_else(|| format!("error answer: {answer}"))
+    }
+
     /// POSTs one message; the JSON-RPC messages of the reply (a JSON body or an SSE stream).
     async fn post(&mut self, body: serde_json::Value) -> Vec<serde_json::Value> {
         let token = self.token.clone();

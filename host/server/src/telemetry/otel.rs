@@ -70,6 +70,9 @@ pub fn with_fixed_ids<R>(trace: TraceId, span: SpanId, f: impl FnOnce() -> R) ->
     f()
 }
 
+/// Longest a stop waits for the OTLP exporters to hand over what is queued.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The OpenTelemetry providers of a running capgate.
 #[derive(Clone, Default)]
 pub struct Providers {
@@ -279,15 +282,33 @@ impl Providers {
         })
     }
 
-    /// Exports what is queued and stops the exporters. Blocks; call it off the async threads.
+    /// Exports what is queued and stops the exporters, for at most [`SHUTDOWN_GRACE`]: a
+    /// collector that accepts and never answers must not keep capgate from stopping (what it
+    /// did not take is dropped, and said so). Blocks; call it off the async threads.
     pub fn shutdown(&self) {
-        if let Some(t) = &self.tracer {
-            let _ = t.force_flush();
-            let _ = t.shutdown();
+        if self.tracer.is_none() && self.meter.is_none() {
+            return;
         }
-        if let Some(m) = &self.meter {
-            let _ = m.force_flush();
-            let _ = m.shutdown();
+        let (tracer, meter) = (self.tracer.clone(), self.meter.clone());
+        let (done, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("capgate-otlp-shutdown".into())
+            .spawn(move || {
+                if let Some(t) = &tracer {
+                    let _ = t.force_flush();
+                    let _ = t.shutdown();
+                }
+                if let Some(m) = &meter {
+                    let _ = m.force_flush();
+                    let _ = m.shutdown();
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_err() || wait.recv_timeout(SHUTDOWN_GRACE).is_err() {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "the OTLP endpoint did not take the last spans and metrics in time; they are dropped"
+            );
         }
     }
 

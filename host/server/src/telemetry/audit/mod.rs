@@ -166,17 +166,11 @@ impl AuditLog {
         };
         {
             let mut st = log.lock();
-            let file = log.open_file()?;
-            let (file, torn) = log.repair(file)?;
-            log.resume_chain(&mut st, &file)?;
-            st.torn = torn;
-            st.file = Some(file);
-            if let Some(bytes) = torn {
-                tracing::warn!(
-                    path = %log.path.display(),
-                    bytes,
-                    "the audit log's last line was torn (a crash mid-write); cut it off"
-                );
+            st.file = Some(log.open_file()?);
+            let synced = log.sync(&mut st, true);
+            log.unlock(&st);
+            synced?;
+            if st.torn.is_some() {
                 // Said in the log at once when the disk allows; else before the next record.
                 let _ = log.write_pending(&mut st);
             }
@@ -212,33 +206,79 @@ impl AuditLog {
         Ok((file, size))
     }
 
-    /// Cuts a torn last line off a regular file; returns how many bytes went.
-    fn repair(&self, (mut file, size): (File, u64)) -> Result<((File, u64), Option<u64>), Error> {
-        if size == 0 || !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(((file, size), None));
+    /// Takes the file's lock (other capgate processes, such as the CLI beside a server, append
+    /// to the same log) and brings the chain up to what is on disk: reopens the path when the
+    /// file there is no longer the one open (rotated by another process, or the path now leads
+    /// elsewhere), and re-reads the last line when another process appended. `fresh` forces
+    /// the re-read (at open). Leaves the lock held: release it with [`Self::unlock`].
+    fn sync(&self, st: &mut State, fresh: bool) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut reread = fresh;
+        if st.file.is_none() {
+            st.file = Some(self.open_file()?);
+            reread = true;
         }
-        let tail = read_tail(&mut file, size).map_err(self.io("cannot read its end"))?;
-        if tail.last() == Some(&b'\n') {
-            return Ok(((file, size), None));
+        loop {
+            let Some((file, _)) = st.file.as_ref() else {
+                unreachable!("opened above")
+            };
+            // Advisory and best-effort: a device such as /dev/full may refuse it.
+            let _ = file.lock();
+            let open = file.metadata().map_err(self.io("cannot read its size"))?;
+            let same = std::fs::metadata(&self.path)
+                .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (open.dev(), open.ino()));
+            if same {
+                if st
+                    .file
+                    .as_ref()
+                    .is_some_and(|(_, size)| *size != open.len())
+                {
+                    reread = true;
+                }
+                break;
+            }
+            let _ = file.unlock();
+            st.file = Some(self.open_file()?);
+            reread = true;
         }
-        let keep = match tail.iter().rposition(|&b| b == b'\n') {
-            Some(i) => size - (tail.len() - i - 1) as u64,
-            None => 0,
-        };
-        file.set_len(keep)
-            .map_err(self.io("cannot cut off its torn last line"))?;
-        Ok(((file, keep), Some(size - keep)))
+        if reread {
+            let Some((file, size)) = st.file.as_mut() else {
+                unreachable!("opened above")
+            };
+            *size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Some(bytes) =
+                repair(file, size).map_err(self.io("cannot repair its torn last line"))?
+            {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    bytes,
+                    "the audit log's last line was torn (a crash mid-write); cut it off"
+                );
+                st.torn = Some(st.torn.unwrap_or(0) + bytes);
+            }
+            self.resume_chain(st)?;
+        }
+        Ok(())
+    }
+
+    fn unlock(&self, st: &State) {
+        if let Some((file, _)) = st.file.as_ref() {
+            let _ = file.unlock();
+        }
     }
 
     /// Continues the chain from the last line on disk (of this file, else of the newest
     /// rotation). A last line that is not chained (a log from before the chain) is hashed like
     /// any other, and the chain starts at 0 after it.
-    fn resume_chain(&self, st: &mut State, (file, size): &(File, u64)) -> Result<(), Error> {
+    fn resume_chain(&self, st: &mut State) -> Result<(), Error> {
+        let Some((file, size)) = st.file.as_ref() else {
+            return Ok(());
+        };
         let mut last_line = None;
         if *size > 0 {
             let mut f = file.try_clone().map_err(self.io("cannot read its end"))?;
-            last_line =
-                last_line_of(&read_tail(&mut f, *size).map_err(self.io("cannot read its end"))?);
+            let tail = read_tail(&mut f, *size).map_err(self.io("cannot read its end"))?;
+            last_line = last_line_of(&tail);
         } else if let Some(newest) = rotated_files(&self.path).into_iter().rev().nth(1) {
             // `rotated_files` ends with the current file; the one before it is `.1`.
             if let Ok(mut f) = File::open(&newest) {
@@ -278,7 +318,6 @@ impl AuditLog {
             }
             st.file = None;
             self.rotate();
-            st.file = Some(self.open_file()?);
         }
         self.write_record(&mut st, record.clone())
     }
@@ -302,7 +341,7 @@ impl AuditLog {
         if let Some(bytes) = st.torn {
             let mut r = AuditRecord::now("recovered", "", "repaired");
             r.reason = Some(format!(
-                "cut off a torn last line of {bytes} bytes at open (a crash mid-write)"
+                "cut off a torn last line of {bytes} bytes (a crash mid-write)"
             ));
             self.write_record(st, r)?;
             st.torn = None;
@@ -314,30 +353,33 @@ impl AuditLog {
     }
 
     fn checkpoint(&self, st: &mut State) -> Result<(), Error> {
-        let Some(key) = &self.signer else {
+        if self.signer.is_none() {
             st.checkpoint_due = false;
             st.unsigned = 0;
             return Ok(());
-        };
-        let mut r = AuditRecord::now("checkpoint", "", "signed");
-        let prev = hex::encode(st.last);
-        let sig = key
-            .sign(checkpoint_message(st.next_seq, &prev).as_bytes())
-            .ok_or_else(|| Error::Audit {
-                path: self.path.clone(),
-                doing: "cannot sign a checkpoint: the root key is not Ed25519",
-                source: std::io::Error::other("unsupported key algorithm"),
-            })?;
-        r.sig = Some(hex::encode(sig));
-        self.write_record(st, r)?;
+        }
+        self.write_record(st, AuditRecord::now("checkpoint", "", "signed"))?;
         st.checkpoint_due = false;
-        st.unsigned = 0;
         Ok(())
     }
 
     fn encode(&self, st: &State, mut record: AuditRecord) -> Result<Vec<u8>, Error> {
         record.seq = Some(st.next_seq);
         record.prev = Some(hex::encode(st.last));
+        if record.kind == "checkpoint" {
+            let key = self.signer.as_ref().ok_or_else(|| Error::Audit {
+                path: self.path.clone(),
+                doing: "cannot sign a checkpoint without a key",
+                source: std::io::Error::other("no signer"),
+            })?;
+            let message = checkpoint_message(st.next_seq, record.prev.as_deref().unwrap_or(""));
+            let sig = key.sign(message.as_bytes()).ok_or_else(|| Error::Audit {
+                path: self.path.clone(),
+                doing: "cannot sign a checkpoint: the root key is not Ed25519",
+                source: std::io::Error::other("unsupported key algorithm"),
+            })?;
+            record.sig = Some(hex::encode(sig));
+        }
         // A record of strings always serializes; were it ever to fail, it is an I/O-level fault
         // of this log all the same.
         serde_json::to_vec(&record).map_err(|e| Error::Audit {
@@ -347,17 +389,26 @@ impl AuditLog {
         })
     }
 
-    /// Writes one line at the head of the chain; the chain moves only when it is on disk.
+    /// Writes one line at the head of the chain, under the file's lock; the chain moves only
+    /// when the line is on disk.
     fn write_record(&self, st: &mut State, record: AuditRecord) -> Result<(), Error> {
-        let bookkeeping = record.kind == "checkpoint";
+        let synced = self.sync(st, false);
+        let written = synced.and_then(|()| self.write_locked(st, record));
+        self.unlock(st);
+        if written.is_err() {
+            // Reopen next time: the file may have been removed or the disk freed.
+            st.file = None;
+        }
+        written
+    }
+
+    fn write_locked(&self, st: &mut State, record: AuditRecord) -> Result<(), Error> {
+        let checkpoint = record.kind == "checkpoint";
         let mut line = self.encode(st, record)?;
         let hash: [u8; 32] = Sha256::digest(&line).into();
         line.push(b'\n');
-        if st.file.is_none() {
-            st.file = Some(self.open_file()?);
-        }
         let Some((file, size)) = st.file.as_mut() else {
-            unreachable!("opened above")
+            unreachable!("synced above")
         };
         // One write of the whole line: on an O_APPEND file lines never interleave.
         match file.write_all(&line) {
@@ -365,16 +416,14 @@ impl AuditLog {
                 *size += line.len() as u64;
                 st.next_seq += 1;
                 st.last = hash;
-                st.unsigned = if bookkeeping { 0 } else { st.unsigned + 1 };
+                st.unsigned = if checkpoint { 0 } else { st.unsigned + 1 };
                 Ok(())
             }
             Err(e) => {
-                // Cut back a part-written line, so the next line does not follow garbage; then
-                // reopen next time (the file may have been removed or the disk freed).
+                // Cut back a part-written line, so the next line does not follow garbage.
                 if file.metadata().is_ok_and(|m| m.is_file()) {
                     let _ = file.set_len(*size);
                 }
-                st.file = None;
                 Err(Error::Audit {
                     path: self.path.clone(),
                     doing: "cannot append to it",
@@ -412,6 +461,26 @@ impl AuditLog {
         }
         out
     }
+}
+
+/// Cuts a torn last line off a regular file (`size` is its length, updated); how many bytes
+/// went.
+fn repair(file: &mut File, size: &mut u64) -> std::io::Result<Option<u64>> {
+    if *size == 0 || !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let tail = read_tail(file, *size)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(None);
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => *size - (tail.len() - i - 1) as u64,
+        None => 0,
+    };
+    file.set_len(keep)?;
+    let cut = *size - keep;
+    *size = keep;
+    Ok(Some(cut))
 }
 
 /// `PATH.i`, the `i`th rotation.

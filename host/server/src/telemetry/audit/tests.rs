@@ -257,3 +257,24 @@ fn an_unwritable_log_is_an_error_and_the_chain_waits_for_space() {
     assert!(report.is_intact(), "{:?}", report.tamper);
     assert_eq!((report.first_seq, report.lines), (Some(0), 4));
 }
+
+#[test]
+fn two_processes_appending_to_one_log_keep_one_chain() {
+    // A server and the CLI beside it each hold the log open; their lines interleave.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (server, key) = signed_log(&path, 2048, 3);
+    let cli = AuditLog::open(&path, 2048, 3, Some(Arc::clone(&key))).unwrap();
+    for i in 0..60 {
+        server.append(&record(i)).unwrap();
+        if i % 3 == 0 {
+            cli.append(&record(1000 + i)).unwrap();
+        }
+    }
+    cli.seal().unwrap();
+    server.seal().unwrap();
+    let report = verify(&path, Some(&key.public())).unwrap();
+    assert!(report.is_intact(), "{:?}", report.tamper);
+    assert!(report.files.len() > 1, "rotated by both");
+    assert_eq!(report.unsigned_tail, 0);
+}
