@@ -61,12 +61,21 @@ pub fn canonical_url(raw: &str) -> Result<String, String> {
         .filter(|h| h.ends_with('.'))
         .map(str::to_owned)
     {
-        let bare = host.trim_end_matches('.');
-        if bare.is_empty() {
-            return Err(format!("`{raw}` has no host"));
+        // One trailing dot is the DNS root; an empty label (`a..`) is no host name at all.
+        let bare = &host[..host.len() - 1];
+        if bare.is_empty() || bare.ends_with('.') {
+            return Err(format!("`{raw}` has no valid host"));
         }
+        let was_domain = matches!(url.host(), Some(url::Host::Domain(_)));
         url.set_host(Some(bare))
             .map_err(|e| format!("`{raw}`: bad host: {e}"))?;
+        // Without its dot a name can read as an address (`21.` → 0.0.0.21): that is another
+        // host, so refuse rather than pick one.
+        if was_domain != matches!(url.host(), Some(url::Host::Domain(_))) {
+            return Err(format!(
+                "`{raw}`: the host is ambiguous (a name or an address)"
+            ));
+        }
     }
     let mut path = String::new();
     let segments: Vec<String> = url
@@ -290,6 +299,24 @@ mod tests {
             "https://example.com/a%20b?q=1"
         );
         assert_eq!(c("https://api.example.com./x"), "https://api.example.com/x");
+    }
+
+    /// Found by the `url` fuzz target: dropping the dots of `21..` turned a name into the
+    /// address 0.0.0.21. A host is never changed into another kind of host.
+    #[test]
+    fn trailing_dots_never_change_the_host() {
+        for raw in [
+            "HTTP:21%2e./y",
+            "https://21../",
+            "https://example.com../",
+            "https://../",
+        ] {
+            assert!(canonical_url(raw).is_err(), "{raw}");
+        }
+        assert_eq!(
+            canonical_url("https://21./").as_deref(),
+            Ok("https://0.0.0.21/")
+        );
     }
 
     #[test]

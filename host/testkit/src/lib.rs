@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod faults;
+pub mod fuzz;
 pub mod inproc;
 pub mod install;
 pub mod server;

@@ -24,6 +24,14 @@ impl RootKey {
         }
     }
 
+    /// A root key from its text form (`ed25519-private/<hex>`, as `keys init` writes it).
+    pub fn from_text(text: &str) -> Result<Self, biscuit_auth::error::Format> {
+        let private: PrivateKey = text.trim().parse()?;
+        Ok(RootKey {
+            keypair: KeyPair::from(&private),
+        })
+    }
+
     /// Reads a key file written by [`RootKey::write`] (`ed25519-private/<hex>`).
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::KeyIo {
