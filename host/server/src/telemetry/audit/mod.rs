@@ -225,8 +225,7 @@ impl AuditLog {
             let Some((file, _)) = st.file.as_ref() else {
                 unreachable!("opened above")
             };
-            // Advisory and best-effort: a device such as /dev/full may refuse it.
-            let _ = file.lock();
+            lock_bounded(file).map_err(self.io("cannot take its lock"))?;
             let open = file.metadata().map_err(self.io("cannot read its size"))?;
             let same = std::fs::metadata(&self.path)
                 .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (open.dev(), open.ino()));
@@ -487,6 +486,31 @@ fn repair(file: &mut File, size: &mut u64) -> std::io::Result<Option<u64>> {
     let cut = *size - keep;
     *size = keep;
     Ok(Some(cut))
+}
+
+/// Longest an append waits for another process's lock on the log before it fails (closed).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes the log's advisory lock, waiting at most [`LOCK_WAIT`]: a process that holds it and
+/// hangs (stopped, say) must not hang every call with it; the call is refused as unaudited
+/// instead. A file that does not support locks (a device such as `/dev/full`) goes without.
+fn lock_bounded(file: &File) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "another process has held the audit log's lock for over a second",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(_)) => return Ok(()),
+        }
+    }
 }
 
 /// `PATH.i`, the `i`th rotation.

@@ -278,3 +278,22 @@ fn two_processes_appending_to_one_log_keep_one_chain() {
     assert!(report.files.len() > 1, "rotated by both");
     assert_eq!(report.unsigned_tail, 0);
 }
+
+#[test]
+fn a_lock_held_elsewhere_refuses_in_bounded_time_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (log, key) = signed_log(&path, 1 << 20, 1);
+    log.append(&record(0)).unwrap();
+    // Another process (here: another open file description) holds the lock and hangs.
+    let holder = std::fs::File::open(&path).unwrap();
+    holder.lock().unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = log.append(&record(1)).unwrap_err();
+    assert!(capgate_core::error::chain(&err).contains("lock"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    holder.unlock().unwrap();
+    log.append(&record(2)).unwrap();
+    let report = verify(&path, Some(&key.public())).unwrap();
+    assert!(report.is_intact(), "{:?}", report.tamper);
+}
