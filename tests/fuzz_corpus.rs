@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use capgate_testkit::fuzz::{TARGETS, seed_token};
+use capgate_testkit::fuzz::{TARGETS, meta_agent_token, seed_token};
 
 #[test]
 fn every_committed_corpus_holds_its_invariants() {
@@ -57,4 +57,39 @@ fn write_token_seeds() {
         .decode(seed.trim())
         .unwrap();
     std::fs::write(dir.join("seed-protobuf"), &raw).unwrap();
+}
+
+/// Writes the seed corpus of the `meta` target: the wider agent token in every place a client
+/// could put it, and a few malformed `_meta` objects.
+/// `cargo test --test fuzz_corpus -- --ignored write_meta_seeds`.
+#[test]
+#[ignore]
+fn write_meta_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/meta");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = meta_agent_token();
+    let seeds = [
+        ("seed-bare-agent-token", agent.clone()),
+        (
+            "seed-agent-token",
+            serde_json::json!({"capgate/token": agent}).to_string(),
+        ),
+        (
+            "seed-seed-token",
+            serde_json::json!({"capgate/token": seed_token()}).to_string(),
+        ),
+        ("seed-empty", "{}".to_owned()),
+        ("seed-empty-token", r#"{"capgate/token": ""}"#.to_owned()),
+        (
+            "seed-number-token",
+            r#"{"capgate/token": 5, "progressToken": 1}"#.to_owned(),
+        ),
+        (
+            "seed-array-token",
+            serde_json::json!({"capgate/token": [agent]}).to_string(),
+        ),
+    ];
+    for (name, text) in seeds {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
 }

@@ -11,6 +11,8 @@
 //! * `url`: URL normalization is idempotent and never changes the host;
 //! * `tool_args`: any JSON arguments to any built-in tool are prepared or refused with a
 //!   reason; a prepared fs call's resource lies under the root;
+//! * `meta`: whatever a call's `_meta` holds (a wider token, the agent's own token, garbage), a
+//!   session presenting a read-only task token never writes and never reads outside its grant;
 //! * `config`, `policy`, `jsonrpc`: refused with an error or accepted, never a panic.
 
 use std::path::{Component, Path, PathBuf};
@@ -32,6 +34,7 @@ pub const TARGETS: &[(&str, Oracle)] = &[
     ("config", config),
     ("policy", policy),
     ("jsonrpc", jsonrpc),
+    ("meta", meta),
 ];
 
 /// The fuzz root key (fixed, so committed corpora keep verifying).
@@ -281,4 +284,146 @@ pub fn policy(data: &[u8]) {
 /// JSON-RPC messages as a client sends them (the MCP surface capgate parses first).
 pub fn jsonrpc(data: &[u8]) {
     let _ = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(data);
+}
+
+struct MetaRig {
+    runtime: tokio::runtime::Runtime,
+    client: crate::Client,
+    workspace: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// An in-process host (root key: the fuzz key) with the fs tools on a workspace holding
+/// `acme/` and `globex/`, and a stdio client whose session presents a task token that may only
+/// `fs_read` under `acme/`.
+fn meta_rig() -> &'static MetaRig {
+    static R: OnceLock<MetaRig> = OnceLock::new();
+    R.get_or_init(|| {
+        crate::init_crypto();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(dir.path()).expect("canonical");
+        let workspace = base.join("workspace");
+        for d in ["acme/out", "globex"] {
+            std::fs::create_dir_all(workspace.join(d)).expect("dirs");
+        }
+        std::fs::write(workspace.join("acme/a.txt"), "acme").expect("file");
+        std::fs::write(workspace.join("globex/g.txt"), "GLOBEX_SECRET").expect("file");
+        std::fs::create_dir_all(base.join("state")).expect("state");
+        let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
+        key.write(&base.join("state/root.key"), true).expect("root key");
+        let mut tools = capgate_tools::config::BuiltinConfig::default();
+        tools.fs.root = workspace.clone();
+        tools.fs.enabled = true;
+        let mut builder = capgate_server::HostBuilder::new(crate::inproc::config(
+            &base,
+            "[tenants.acme]\nresources = [\"acme/\"]\n[tenants.globex]\nresources = [\"globex/\"]\n",
+        ))
+        .create_key_if_missing(false);
+        capgate_tools::register_builtin(builder.registry_mut(), &tools).expect("tools");
+        let host = builder.build().expect("host builds");
+        let agent = meta_agent_token();
+        let verified = host.verifier().verify(&agent).expect("agent token");
+        let mut intent = crate::inproc::intent("read acme", &["fs_read"]);
+        intent.resources.insert("fs_read".into(), vec!["acme/".into()]);
+        let task = host
+            .issuer()
+            .issue(&verified, intent, capgate_authz::Channel::Cli)
+            .expect("task");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime.block_on(crate::inproc::stdio_client(&host, &task.token));
+        MetaRig {
+            runtime,
+            client,
+            workspace,
+            _dir: dir,
+        }
+    })
+}
+
+/// An agent token of the fuzz key, `acme`, allowed `fs_read` and `fs_write` everywhere: wider
+/// than the session's task token (a `meta` seed).
+pub fn meta_agent_token() -> String {
+    let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
+    let grant = AgentGrant {
+        agent: "meta-agent".into(),
+        tenant: "acme".into(),
+        rights: vec!["fs_read".into(), "fs_write".into()],
+        prefixes: Default::default(),
+        ttl: None,
+    };
+    mint_agent_token(&key, &grant)
+        .expect("mints")
+        .to_base64()
+        .expect("serializes")
+}
+
+/// A call's `_meta`: the bytes as a JSON object, or as the `capgate/token` string.
+pub fn meta(data: &[u8]) {
+    let object = match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => {
+            let mut o = serde_json::Map::new();
+            o.insert(
+                "capgate/token".into(),
+                serde_json::Value::String(String::from_utf8_lossy(data).into_owned()),
+            );
+            o
+        }
+    };
+    let rig = meta_rig();
+    let with_meta = |tool: &str, args: serde_json::Value| {
+        let mut params = crate::call_params(tool, args);
+        let mut m = rmcp::model::RequestMetaObject::default();
+        m.0.0 = object.clone();
+        params.meta = Some(m);
+        params
+    };
+    let target = rig.workspace.join("acme/out/meta.txt");
+    rig.runtime.block_on(async {
+        let write = rig
+            .client
+            .call_tool(with_meta(
+                "fs_write",
+                serde_json::json!({"path": "acme/out/meta.txt", "content": "x"}),
+            ))
+            .await;
+        assert!(
+            !matches!(&write, Ok(r) if r.is_error == Some(false)),
+            "a `_meta` let a read-only task write: {write:?}"
+        );
+        assert!(!target.exists(), "a `_meta` let a read-only task write");
+        let read = rig
+            .client
+            .call_tool(with_meta(
+                "fs_read",
+                serde_json::json!({"path": "globex/g.txt"}),
+            ))
+            .await;
+        if let Ok(r) = &read {
+            let shown = serde_json::to_string(r).unwrap_or_default();
+            assert!(
+                !shown.contains("GLOBEX_SECRET"),
+                "a `_meta` let a task read outside its grant: {shown}"
+            );
+        }
+    });
+}
+
+/// Whether the `meta` rig's session reads its own grant (so that its refusals are refusals of
+/// the guard, not of a broken session).
+pub fn meta_session_reads_its_grant() -> bool {
+    let rig = meta_rig();
+    rig.runtime.block_on(async {
+        rig.client
+            .call_tool(crate::call_params(
+                "fs_read",
+                serde_json::json!({"path": "acme/a.txt"}),
+            ))
+            .await
+            .is_ok_and(|r| r.is_error == Some(false) && crate::text(&r).contains("acme"))
+    })
 }
