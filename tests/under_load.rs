@@ -82,6 +82,26 @@ async fn drive(
     }
 }
 
+/// [`CLIENTS`] sessions × `per_client` calls that must all succeed; how many were made.
+async fn drive_to_the_end(server: &Server, token: &str, per_client: usize, label: &str) -> usize {
+    let load = drive(
+        server,
+        token,
+        CLIENTS,
+        per_client,
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await;
+    assert!(
+        load.errors.is_empty(),
+        "{label}: {:?}",
+        &load.errors[..load.errors.len().min(5)]
+    );
+    let total = CLIENTS * per_client;
+    assert_eq!(load.answered, total, "{label}");
+    total
+}
+
 /// The audit lines of calls under task `id`, by decision.
 fn audited(cg: &Capgate, id: &str) -> (usize, usize) {
     let calls = cg.audited_calls(id);
@@ -118,22 +138,7 @@ async fn sixty_four_sessions_ten_thousand_calls_each_lose_nothing() {
     let agent = cg.mint("agent-load", "acme", &["fs_read"], &[]);
     let (id, token) = cg.task(&agent, &["fs_read"], &["fs_read=acme/"]);
     let server = cg.serve_http();
-    let per_client = 10_000;
-    let load = drive(
-        &server,
-        &token,
-        CLIENTS,
-        per_client,
-        Arc::new(AtomicUsize::new(0)),
-    )
-    .await;
-    assert!(
-        load.errors.is_empty(),
-        "{:?}",
-        &load.errors[..load.errors.len().min(5)]
-    );
-    let total = CLIENTS * per_client;
-    assert_eq!(load.answered, total);
+    let total = drive_to_the_end(&server, &token, 10_000, "plain").await;
     // A graceful stop flushes the usage tally and signs the end of the log.
     assert!(server.stop().success());
     assert_eq!(audited(&cg, &id), (total, 0), "one audit line per decision");
@@ -176,27 +181,13 @@ async fn a_black_holed_otlp_endpoint_costs_no_call() {
                 ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ],
         );
-        let per_client = 300;
-        let load = drive(
-            &server,
-            &token,
-            CLIENTS,
-            per_client,
-            Arc::new(AtomicUsize::new(0)),
-        )
-        .await;
-        assert!(
-            load.errors.is_empty(),
-            "{protocol}: {:?}",
-            &load.errors[..load.errors.len().min(5)]
-        );
-        assert_eq!(load.answered, CLIENTS * per_client, "{protocol}");
+        let total = drive_to_the_end(&server, &token, 300, protocol).await;
         let stopped = server.stop();
         assert!(
             stopped.success(),
             "{protocol}: the server stops though its exporter hangs: {stopped}"
         );
-        assert_eq!(audited(&cg, &id), (CLIENTS * per_client, 0), "{protocol}");
+        assert_eq!(audited(&cg, &id), (total, 0), "{protocol}");
         verify_audit(&cg);
     }
     assert!(

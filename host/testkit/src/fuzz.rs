@@ -41,6 +41,25 @@ pub const TARGETS: &[(&str, Oracle)] = &[
 const FUZZ_KEY: &str =
     "ed25519-private/6f2a0c1b9d8e7f60514233a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
 
+/// An agent token signed by the fuzz key.
+fn fuzz_key_token(agent: &str, tenant: &str, rights: &[&str], prefixes: &[(&str, &str)]) -> String {
+    let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
+    let grant = AgentGrant {
+        agent: agent.into(),
+        tenant: tenant.into(),
+        rights: rights.iter().map(|r| (*r).to_owned()).collect(),
+        prefixes: prefixes
+            .iter()
+            .map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]))
+            .collect(),
+        ttl: None,
+    };
+    mint_agent_token(&key, &grant)
+        .expect("the token mints")
+        .to_base64()
+        .expect("the token serializes")
+}
+
 struct Tokens {
     verifier: Verifier,
     seed: String,
@@ -51,17 +70,12 @@ fn tokens() -> &'static Tokens {
     static T: OnceLock<Tokens> = OnceLock::new();
     T.get_or_init(|| {
         let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
-        let grant = AgentGrant {
-            agent: "fuzz-agent".into(),
-            tenant: "acme".into(),
-            rights: vec!["fs_read".into(), "fs_list".into()],
-            prefixes: [("fs_read".to_string(), vec!["/srv/acme/".to_string()])].into(),
-            ttl: None,
-        };
-        let seed = mint_agent_token(&key, &grant)
-            .expect("the seed token mints")
-            .to_base64()
-            .expect("the seed token serializes");
+        let seed = fuzz_key_token(
+            "fuzz-agent",
+            "acme",
+            &["fs_read", "fs_list"],
+            &[("fs_read", "/srv/acme/")],
+        );
         // Generous Datalog time: under a sanitizer the default budget of a millisecond or so
         // refuses even the seed (a refusal, so safe, but it would hide what the oracle checks).
         let mut limits = capgate_authz::token::default_limits();
@@ -83,18 +97,7 @@ fn tokens() -> &'static Tokens {
 /// A token whose authority the fuzz key signed but the seed does not have: what the `token`
 /// oracle must reject (its own test, so that a replay cannot pass vacuously).
 pub fn other_authority_token() -> String {
-    let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
-    let grant = AgentGrant {
-        agent: "someone-else".into(),
-        tenant: "globex".into(),
-        rights: vec!["fs_write".into()],
-        prefixes: Default::default(),
-        ttl: None,
-    };
-    mint_agent_token(&key, &grant)
-        .expect("mints")
-        .to_base64()
-        .expect("serializes")
+    fuzz_key_token("someone-else", "globex", &["fs_write"], &[])
 }
 
 /// The agent token every `token` corpus starts from.
@@ -347,18 +350,7 @@ fn meta_rig() -> &'static MetaRig {
 /// An agent token of the fuzz key, `acme`, allowed `fs_read` and `fs_write` everywhere: wider
 /// than the session's task token (a `meta` seed).
 pub fn meta_agent_token() -> String {
-    let key = RootKey::from_text(FUZZ_KEY).expect("the fuzz key parses");
-    let grant = AgentGrant {
-        agent: "meta-agent".into(),
-        tenant: "acme".into(),
-        rights: vec!["fs_read".into(), "fs_write".into()],
-        prefixes: Default::default(),
-        ttl: None,
-    };
-    mint_agent_token(&key, &grant)
-        .expect("mints")
-        .to_base64()
-        .expect("serializes")
+    fuzz_key_token("meta-agent", "acme", &["fs_read", "fs_write"], &[])
 }
 
 /// A call's `_meta`: the bytes as a JSON object, or as the `capgate/token` string.
