@@ -459,6 +459,7 @@ fn issuance(c: &mut Criterion, fx: &Fixture) {
         task_id: "00000000-0000-4000-8000-000000000000".into(),
         tools: [("doc_read".to_owned(), vec!["/docs/area0/".to_owned()])].into(),
         expires_at: SystemTime::now() + Duration::from_secs(3000),
+        budget: None,
     };
     // The storage part of issuance on its own: one task record into the store (and the
     // ledger's map), as `issue` does after the token is built.

@@ -144,7 +144,7 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Ask for a task; prints the task token on stdout.
-    Begin(TaskBeginArgs),
+    Begin(Box<TaskBeginArgs>),
     /// End a task: its access is revoked, with every token derived from it.
     End {
         /// Task id.
@@ -190,6 +190,15 @@ pub struct TaskBeginArgs {
     /// Who approved its side effects.
     #[arg(long)]
     pub approved_by: Option<String>,
+    /// Budget: the most calls the task may make in all.
+    #[arg(long, value_name = "N")]
+    pub budget_calls: Option<u64>,
+    /// Budget: the most calls of one tool (repeatable): `fs_read=20`.
+    #[arg(long = "budget-tool", value_name = "TOOL=N")]
+    pub budget_tools: Vec<String>,
+    /// Budget: the most calls within any 60 seconds.
+    #[arg(long, value_name = "N")]
+    pub budget_per_minute: Option<u64>,
     /// Print JSON instead of the bare token.
     #[arg(long)]
     pub json: bool,

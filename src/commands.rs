@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use capgate_authz::token::{self, AgentGrant, ApprovalScope, RootKey};
 use capgate_authz::{Channel, IssuanceError};
 use capgate_core::Registry;
-use capgate_core::task::{EndReason, Intent, TaskRecord, Ttl};
+use capgate_core::task::{Budget, EndReason, Intent, TaskRecord, Ttl};
 use capgate_core::time::{parse_duration, rfc3339};
 use capgate_server::config::Config;
 use capgate_server::store::{SqliteStore, TaskStore};
@@ -253,6 +253,28 @@ pub(crate) fn task(
     }
 }
 
+/// The `--budget-*` flags as a budget; `None` when none is given.
+fn budget_of(args: &TaskBeginArgs) -> anyhow::Result<Option<Budget>> {
+    let mut per_tool = BTreeMap::new();
+    for item in &args.budget_tools {
+        let (tool, n) = item
+            .split_once('=')
+            .with_context(|| format!("`--budget-tool {item}`: expected TOOL=N, e.g. fs_read=20"))?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("`--budget-tool {item}`: `{n}` is not a whole number"))?;
+        if per_tool.insert(tool.to_owned(), n).is_some() {
+            bail!("`--budget-tool` names `{tool}` twice");
+        }
+    }
+    let budget = Budget {
+        calls: args.budget_calls,
+        per_tool,
+        per_minute: args.budget_per_minute,
+    };
+    Ok((!budget.is_empty()).then_some(budget))
+}
+
 fn begin(config: Config, args: &TaskBeginArgs, extend: Extend<'_>) -> anyhow::Result<ExitCode> {
     let host = host(config, extend)?;
     let token = host
@@ -267,6 +289,7 @@ fn begin(config: Config, args: &TaskBeginArgs, extend: Extend<'_>) -> anyhow::Re
         on_behalf_of: args.on_behalf_of.clone(),
         approved_by: args.approved_by.clone(),
         tenant: None,
+        budget: budget_of(args)?,
     };
     let outcome = host.issuer().issue(&token, intent, Channel::Cli);
     host.telemetry().shutdown();
@@ -401,6 +424,16 @@ fn render_show(
     }
     if let Some(a) = &task.intent.approved_by {
         let _ = writeln!(o, "approved  {a}");
+    }
+    if let Some(by) = &task.revoked_by {
+        let _ = writeln!(o, "revoked   by {by}");
+    }
+    if let Some(b) = &task.grant.budget {
+        let _ = writeln!(
+            o,
+            "budget    {}",
+            serde_json::to_string(b).unwrap_or_default()
+        );
     }
     let _ = writeln!(
         o,

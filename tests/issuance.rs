@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use capgate_testkit::*;
 use reqwest::Method;
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
-    ElicitationAction, Implementation,
+    CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, ElicitRequestParams,
+    ElicitResult, ElicitationAction, Implementation, InputRequest, ProtocolVersion,
 };
-use rmcp::service::{Peer, RequestContext, RoleClient, RunningService, ServiceExt};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, Peer, RequestContext, RoleClient, RunningService,
+    ServiceExt,
+};
 use rmcp::{ClientHandler, ErrorData};
 use serde_json::{Value, json};
 
@@ -223,6 +226,20 @@ impl Human {
             .await
             .unwrap()
     }
+
+    /// The same, speaking MCP 2026-07-28 (`server/discover`, no `initialize`, no
+    /// server-initiated requests).
+    async fn connect_2026(&self, cg: &Capgate, agent: &str) -> RunningService<RoleClient, Human> {
+        self.clone()
+            .serve_with_lifecycle(
+                cg.stdio_transport(Some(agent), &[]),
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+            .unwrap()
+    }
 }
 
 impl ClientHandler for Human {
@@ -356,6 +373,109 @@ async fn in_band_approval_is_asked_through_elicitation() {
     let d = call_denied(&client, "task_begin", self_approved).await;
     assert!(d["text"].as_str().unwrap().contains("elicitation"), "{d}");
     client.cancel().await.unwrap();
+    let tasks = cg.task_list();
+    assert_eq!(
+        tasks.lines().count(),
+        1,
+        "only the approved task exists: {tasks}"
+    );
+}
+
+/// On MCP 2026-07-28 there is no `elicitation/create` from the server: the approval question is
+/// an input-required result, which rmcp's client answers through its handler and retries
+/// (multi round-trip requests). The same rules: a yes becomes `approved_by`, a no refuses. The
+/// round trip's state is a handle capgate keeps: forged, replayed or altered retries are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_band_approval_is_asked_by_round_trip_on_2026_07_28() {
+    let cg = Capgate::with_config("[policy]\nelicitation_approval = true\n");
+    let agent = cg.mint("llm", "acme", &["fs_write"], &[]);
+    let intent = json!({"purpose": "Save the summary", "tools": ["fs_write"],
+                        "resources": {"fs_write": ["acme/out/"]}, "on_behalf_of": "carol"});
+    let begin = || CallToolRequestParams::new("task_begin").with_arguments(args(intent.clone()));
+
+    let yes = Human::answering(Some((true, "Alice")));
+    let client = yes.connect_2026(&cg, &agent).await;
+    assert_eq!(
+        client.peer_info().unwrap().protocol_version,
+        ProtocolVersion::V_2026_07_28
+    );
+    let r = client.call_tool(begin()).await.unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let asked = yes.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "one question, one round trip");
+    assert!(
+        asked[0].contains("Save the summary") && asked[0].contains("carol"),
+        "{}",
+        asked[0]
+    );
+    let id = r.structured_content.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(cg.show_task(&id)["task"]["intent"]["approved_by"], "Alice");
+    call_ok(
+        &client,
+        "fs_write",
+        json!({"path": "acme/out/summary.txt", "content": "ok"}),
+    )
+    .await;
+
+    // Driven by hand: the first answer is the question, with an opaque handle.
+    let CallToolResponse::InputRequired(q) = client.call_tool_once(begin()).await.unwrap() else {
+        panic!("an input-required result");
+    };
+    let handle = q.request_state.clone().expect("a requestState");
+    let questions = q.input_requests.clone().expect("inputRequests");
+    assert!(matches!(
+        questions["approval"],
+        InputRequest::Elicitation(_)
+    ));
+    let accept = json!({"action": "accept", "content": {"approve": true, "approver": "Eve"}});
+    let retry = |state: &str, args: Value| {
+        let mut p = CallToolRequestParams::new("task_begin")
+            .with_arguments(self::args(args))
+            .with_request_state(state.to_owned());
+        p.input_responses = Some([("approval".to_owned(), accept.clone())].into());
+        p
+    };
+    // Other arguments than the ones the human was asked about: refused, and the handle spent.
+    let mut wider = intent.clone();
+    wider["resources"]["fs_write"] = json!(["acme/"]);
+    let r = client.call_tool(retry(&handle, wider)).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(
+        structured(&r)["capgate"]["reason"],
+        "invalid_request",
+        "{r:?}"
+    );
+    assert!(
+        text(&r).contains("not the request the human was asked about"),
+        "{r:?}"
+    );
+    let r = client
+        .call_tool(retry(&handle, intent.clone()))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("no open approval question"), "{r:?}");
+    // A made-up handle: refused, nothing issued.
+    let r = client
+        .call_tool(retry("0123456789abcdef", intent.clone()))
+        .await
+        .unwrap();
+    assert!(text(&r).contains("no open approval question"), "{r:?}");
+    client.cancel().await.unwrap();
+
+    // A human who says no, and one who dismisses the form: refused as unapproved.
+    for human in [
+        Human::answering(Some((false, "Mallory"))),
+        Human::answering(None),
+    ] {
+        let client = human.connect_2026(&cg, &agent).await;
+        let r = client.call_tool(begin()).await.unwrap();
+        assert_eq!(denial(&r)["reason"], "approval-required", "{r:?}");
+        assert_eq!(human.asked.lock().unwrap().len(), 1, "the human was asked");
+        client.cancel().await.unwrap();
+    }
     let tasks = cg.task_list();
     assert_eq!(
         tasks.lines().count(),

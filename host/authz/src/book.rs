@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use capgate_core::task::{EndReason, TaskRecord};
+use std::time::SystemTime;
+
+use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 
 use crate::token::{TokenError, VerifiedToken};
 
@@ -45,8 +47,28 @@ pub trait TaskBook: Send + Sync {
     /// Records a newly issued task (before its token leaves capgate).
     fn insert(&self, task: TaskRecord) -> Result<(), StoreFault>;
 
-    /// Ends a task and revokes its block; `None` when it had already ended.
-    fn end_task(&self, id: &str, reason: EndReason) -> Result<Option<TaskRecord>, StoreFault>;
+    /// Ends a task and revokes its block; `None` when it had already ended. `revoked_by` names
+    /// the rule that revoked it, when a rule did (`anomaly:<rule>`).
+    fn end_task(
+        &self,
+        id: &str,
+        reason: EndReason,
+        revoked_by: Option<&str>,
+    ) -> Result<Option<TaskRecord>, StoreFault>;
+
+    /// Counts one call of `tool` against `task`'s `budget`, unless that would go over one of
+    /// its limits (then nothing is counted). Atomic: two calls racing for the last unit of a
+    /// budget cannot both get it.
+    fn spend(
+        &self,
+        task: &str,
+        tool: &str,
+        budget: &Budget,
+        now: SystemTime,
+    ) -> Result<Result<(), BudgetExhausted>, StoreFault>;
+
+    /// What has been counted against a task's budget.
+    fn budget_use(&self, task: &str) -> Result<BudgetUse, StoreFault>;
 
     /// Revokes a block that is not a task's; `false` when it already was.
     fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, StoreFault>;

@@ -22,11 +22,12 @@ use biscuit_auth::AuthorizerLimits;
 use biscuit_auth::builder::{AuthorizerBuilder, Term, date, fact, int, string};
 use capgate_core::door::{Catalog, Prepared};
 use capgate_core::error::chain;
-use capgate_core::task::TaskRecord;
+use capgate_core::task::{BudgetExhausted, EndReason, TaskRecord};
 use capgate_core::tool::{Arguments, Operation, ToolSpec};
 use capgate_core::vocab;
 use serde_json::Value;
 
+use crate::anomaly::{AnomalyRules, Attempt, Fired, Watch};
 use crate::book::{StoreFault, TaskBook};
 use crate::policy::{FailedCheckInfo, Policy};
 use crate::token::{TokenError, VerifiedToken};
@@ -102,6 +103,16 @@ pub struct Denial {
     pub tool: String,
     /// The canonical resource it would have touched.
     pub resource: String,
+    /// The budget limit the call would have gone over (`budget_exhausted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetExhausted>,
+    /// Set when this attempt made an anomaly rule fire: the task is revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_revoked: Option<Fired>,
+    /// What would have been needed, and how to ask for it (filled in by the host, which knows
+    /// the issuer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<Value>,
     /// The live task the token carries, if any.
     #[serde(skip)]
     pub task: Option<Arc<TaskRecord>>,
@@ -122,6 +133,9 @@ impl Denial {
             failed_checks: Vec::new(),
             tool: call.spec().name.clone(),
             resource: call.resource().as_str().to_owned(),
+            budget: None,
+            task_revoked: None,
+            remedy: None,
             task,
         }
     }
@@ -164,6 +178,8 @@ pub struct GuardSettings {
     pub cache_ttl: Duration,
     /// `(tenant, canonical prefix)` pairs.
     pub tenant_prefixes: Arc<Vec<(String, String)>>,
+    /// `[anomaly]`: when a task's behaviour revokes it.
+    pub anomaly: AnomalyRules,
 }
 
 /// The guard.
@@ -175,6 +191,8 @@ pub struct Guard {
     settings: GuardSettings,
     /// `None` when `[guard] decision_cache_entries` is 0.
     cache: Option<quick_cache::sync::Cache<String, CacheEntry>>,
+    /// `None` when every anomaly rule is off.
+    watch: Option<Watch>,
     stats: GuardStats,
 }
 
@@ -211,12 +229,14 @@ impl Guard {
         }
         let cache = (settings.cache_entries > 0)
             .then(|| quick_cache::sync::Cache::new(settings.cache_entries));
+        let watch = (!settings.anomaly.is_off()).then(|| Watch::new(settings.anomaly.clone()));
         Guard {
             book,
             policy,
             template,
             settings,
             cache,
+            watch,
             stats: GuardStats::default(),
         }
     }
@@ -240,7 +260,9 @@ impl Guard {
         Ok(())
     }
 
-    /// Decides one call: the grant it rests on, or why not. Any failure is a denial.
+    /// Decides one call the caller is making: the grant it rests on, or why not. Any failure is
+    /// a denial. An allowed call is counted against the task's budget (and refused when that is
+    /// used up), and every decision is put to the anomaly rules, which may revoke the task.
     pub fn decide(
         &self,
         token: &Arc<VerifiedToken>,
@@ -248,6 +270,130 @@ impl Guard {
         env: &CallEnv,
     ) -> Result<Grant, Box<Denial>> {
         let now = SystemTime::now();
+        let decision = self
+            .judge(token, call, env, now)
+            .and_then(|grant| self.spend(token, call, grant, now));
+        self.watch(decision, call)
+    }
+
+    /// Whether the guard would allow this call, without counting it as an attempt: for a
+    /// running tool asking about the entries of a walk (what it may show), not for calls.
+    pub fn permits(&self, token: &Arc<VerifiedToken>, call: &Prepared, env: &CallEnv) -> bool {
+        self.judge(token, call, env, SystemTime::now()).is_ok()
+    }
+
+    /// Counts an allowed call against the budget its token carries.
+    fn spend(
+        &self,
+        token: &VerifiedToken,
+        call: &Prepared,
+        grant: Grant,
+        now: SystemTime,
+    ) -> Result<Grant, Box<Denial>> {
+        let budget = token.budget();
+        if budget.is_empty() {
+            return Ok(grant);
+        }
+        match self
+            .book
+            .spend(&grant.task.id, &call.spec().name, budget, now)
+        {
+            Ok(Ok(())) => Ok(grant),
+            Ok(Err(exhausted)) => {
+                let mut d = Denial::new(
+                    "budget_exhausted",
+                    exhausted.to_string(),
+                    call,
+                    Some(Arc::clone(&grant.task)),
+                );
+                d.budget = Some(exhausted);
+                Err(Box::new(d))
+            }
+            Err(e) => Err(Box::new(Denial::fault(
+                "store_unavailable",
+                format!(
+                    "{}, so capgate cannot count the call against the task's budget and refuses it; this is capgate's fault, not the request's: retry later",
+                    chain(&e)
+                ),
+                call,
+                Some(Arc::clone(&grant.task)),
+            ))),
+        }
+    }
+
+    /// Puts a decision to the anomaly rules; when one fires, the task is revoked before the
+    /// caller hears the answer, and the answer says so.
+    fn watch(
+        &self,
+        decision: Result<Grant, Box<Denial>>,
+        call: &Prepared,
+    ) -> Result<Grant, Box<Denial>> {
+        let Some(watch) = &self.watch else {
+            return decision;
+        };
+        let tool = call.spec().name.as_str();
+        let resource = call.resource().as_str();
+        let task = match &decision {
+            Ok(g) => Arc::clone(&g.task),
+            // capgate's own faults are not the caller's attempts, and a token already revoked
+            // or expired has no live task left to revoke.
+            Err(d) if d.fault => return decision,
+            Err(d) => match d.task.as_ref().filter(|t| t.is_active(SystemTime::now())) {
+                Some(t) => Arc::clone(t),
+                None => return decision,
+            },
+        };
+        let attempt = Attempt {
+            task: &task.id,
+            tool,
+            resource,
+            denied: decision.is_err(),
+            in_intent: task.declares(tool, resource),
+        };
+        let Some(fired) = watch.observe(attempt, Instant::now()) else {
+            return decision;
+        };
+        match self
+            .book
+            .end_task(&task.id, EndReason::Revoked, Some(&fired.revoked_by))
+        {
+            Ok(_) => tracing::warn!(
+                task = %task.id,
+                agent = %task.agent,
+                rule = %fired.revoked_by,
+                "task revoked: {}",
+                fired.detail
+            ),
+            Err(e) => tracing::error!(
+                task = %task.id,
+                rule = %fired.revoked_by,
+                error = %chain(&e),
+                "an anomaly rule fired but the task could not be revoked; its calls are refused while the store is unavailable"
+            ),
+        }
+        let told = format!(
+            "this attempt ended the task: anomaly rule `{}` fired ({}); the task's access is revoked, with every token derived from it; begin a new task to go on",
+            fired.revoked_by, fired.detail
+        );
+        let mut denial = match decision {
+            Err(mut d) => {
+                d.message = format!("{}; {told}", d.message);
+                d
+            }
+            Ok(g) => Box::new(Denial::new("task_revoked", told, call, Some(g.task))),
+        };
+        denial.task_revoked = Some(fired);
+        Err(denial)
+    }
+
+    /// The decision itself: revocation, expiry, the cache or Datalog.
+    fn judge(
+        &self,
+        token: &Arc<VerifiedToken>,
+        call: &Prepared,
+        env: &CallEnv,
+        now: SystemTime,
+    ) -> Result<Grant, Box<Denial>> {
         let unavailable = |e: StoreFault| {
             Box::new(Denial::fault(
                 "store_unavailable",
@@ -346,6 +492,17 @@ impl Guard {
         if !task.is_active(now) {
             return Vec::new();
         }
+        // A budget used up hides what it no longer admits (the per-minute rate recovers on its
+        // own, so a tool it holds back stays listed). An unreadable count hides everything.
+        let budget = token.budget();
+        let used = if budget.is_empty() {
+            None
+        } else {
+            match self.book.budget_use(&task.id) {
+                Ok(u) => Some(u),
+                Err(_) => return Vec::new(),
+            }
+        };
         let candidates = token.string_literals();
         // A token may spell thousands of strings (a set literal in a sub-agent's check), and
         // each candidate costs a Datalog run: the listing has a budget of runs and of time.
@@ -359,6 +516,7 @@ impl Guard {
         let visible = catalog
             .specs()
             .filter(|spec| task.grant.tools.contains_key(&spec.name) && rights.contains(&spec.name))
+            .filter(|spec| used.as_ref().is_none_or(|u| u.admits(budget, &spec.name)))
             .filter(|spec| {
                 candidates.iter().any(|c| {
                     if runs >= LIST_RUN_BUDGET || Instant::now() > deadline {

@@ -10,16 +10,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use biscuit_auth::AuthorizerLimits;
 use biscuit_auth::builder::{date, fact, int, string};
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
 use capgate_core::door::Catalog;
-use capgate_core::task::{EndReason, Intent, TaskGrant, TaskRecord};
+use capgate_core::task::{Budget, EndReason, Intent, TaskGrant, TaskRecord};
 use capgate_core::{time, vocab};
 
 use crate::book::{StoreFault, TaskBook};
 use crate::guard::CredentialError;
 use crate::policy::{Policy, Refusal};
-use crate::token::{self, TokenError, VerifiedToken, Verifier};
+use crate::token::{self, Identity, TokenError, VerifiedToken, Verifier};
 
 /// Why a task was not issued.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -264,7 +264,10 @@ impl Issuer {
                 if let Some(why) = unrecorded {
                     // Revoked before anyone has seen the token: an issuance nobody can account
                     // for does not stand.
-                    if let Err(e) = self.book.end_task(&task.record.id, EndReason::Revoked) {
+                    if let Err(e) = self
+                        .book
+                        .end_task(&task.record.id, EndReason::Revoked, None)
+                    {
                         tracing::error!(task = %task.record.id, error = %capgate_core::error::chain(&e), "an unrecorded task could not be ended; its token was never handed out");
                     }
                     return Err(IssuanceError::Unrecorded(why));
@@ -304,6 +307,15 @@ impl Issuer {
             return Err(IssuanceError::Invalid("ttl must be positive".into()));
         }
         let pairs = self.requested_pairs(token, intent)?;
+        let budget = intent.budget.clone().filter(|b| !b.is_empty());
+        if let Some(b) = &budget {
+            b.validate().map_err(IssuanceError::Invalid)?;
+            if let Some(tool) = b.per_tool.keys().find(|t| !intent.tools.contains(t)) {
+                return Err(IssuanceError::Invalid(format!(
+                    "`budget.per_tool` names `{tool}`, which is not in `tools`"
+                )));
+            }
+        }
 
         let identity = token.identity();
         let request_tenant = intent
@@ -316,57 +328,19 @@ impl Issuer {
                 .spec(tool)
                 .map(|s| s.operation)
                 .ok_or_else(|| IssuanceError::Invalid(format!("unknown tool `{tool}`")))?;
-            let mut b = self
-                .policy
-                .builder()
-                .set_limits(self.limits.clone())
-                .fact(fact(vocab::TIME, &[date(&now)]))
-                .and_then(|b| b.fact(fact(vocab::TOOL, &[string(tool)])))
-                .and_then(|b| b.fact(fact(vocab::OPERATION, &[string(operation.as_str())])))
-                .and_then(|b| b.fact(fact(vocab::RESOURCE, &[string(prefix)])))
-                .and_then(|b| b.fact(fact(vocab::TRANSPORT, &[string(channel.as_str())])))
-                .and_then(|b| b.fact(fact(vocab::REQUEST_TENANT, &[string(&request_tenant)])))
-                .and_then(|b| {
-                    b.fact(fact(
-                        vocab::REQUEST_TTL,
-                        &[int(ttl.as_secs().min(i64::MAX as u64) as i64)],
-                    ))
-                })
-                .and_then(|b| {
-                    b.fact(fact(
-                        vocab::MAX_TTL,
-                        &[int(self.max_ttl.as_secs().min(i64::MAX as u64) as i64)],
-                    ))
-                })
-                .and_then(|b| b.fact(fact(vocab::PURPOSE, &[string(&intent.purpose)])))
-                .map_err(internal)?;
-            if let Some(who) = &intent.on_behalf_of {
-                b = b
-                    .fact(fact(vocab::ON_BEHALF_OF, &[string(who)]))
-                    .map_err(internal)?;
-            }
-            if let Some(who) = intent
-                .approved_by
-                .as_deref()
-                .filter(|w| !w.trim().is_empty())
-            {
-                b = b
-                    .fact(fact(vocab::APPROVED_BY, &[string(who)]))
-                    .map_err(internal)?;
-            }
-            for (tenant, p) in self.tenant_prefixes.iter() {
-                b = b
-                    .fact(fact(vocab::TENANT_PREFIX, &[string(tenant), string(p)]))
-                    .map_err(internal)?;
-            }
-            for t in self.tool_tenant_prefixes.iter().filter(|t| &t.tool == tool) {
-                b = b
-                    .fact(fact(
-                        vocab::TOOL_TENANT_PREFIX,
-                        &[string(&t.tool), string(&t.tenant), string(&t.prefix)],
-                    ))
-                    .map_err(internal)?;
-            }
+            let b = self.pair_authorizer(&PairFacts {
+                tool,
+                prefix,
+                operation,
+                channel,
+                request_tenant: &request_tenant,
+                ttl,
+                purpose: &intent.purpose,
+                on_behalf_of: intent.on_behalf_of.as_deref(),
+                approved_by: intent.approved_by.as_deref(),
+                budget: budget.as_ref(),
+                now,
+            })?;
             let outcome = b.build(&token.biscuit).and_then(|mut a| a.authorize());
             if let Err(e) = outcome {
                 return Err(IssuanceError::Denied {
@@ -397,6 +371,7 @@ impl Issuer {
             task_id: task_id.clone(),
             tools,
             expires_at,
+            budget,
         };
         let biscuit = token::append_task_block(token, &grant).map_err(|e| match e {
             // A grant that cannot be a token is the request's problem (say, no tool at all).
@@ -427,6 +402,7 @@ impl Issuer {
             expires_at,
             ended_at: None,
             end_reason: None,
+            revoked_by: None,
             trace_id,
             span_id,
         };
@@ -435,6 +411,147 @@ impl Issuer {
             record,
             token: encoded,
         })
+    }
+
+    /// The issuance policy's authorizer for one requested (tool, prefix), with every fact the
+    /// request supplies.
+    fn pair_authorizer(&self, r: &PairFacts<'_>) -> Result<AuthorizerBuilder, IssuanceError> {
+        let secs = |d: Duration| int(d.as_secs().min(i64::MAX as u64) as i64);
+        let mut b = self
+            .policy
+            .builder()
+            .set_limits(self.limits.clone())
+            .fact(fact(vocab::TIME, &[date(&r.now)]))
+            .and_then(|b| b.fact(fact(vocab::TOOL, &[string(r.tool)])))
+            .and_then(|b| b.fact(fact(vocab::OPERATION, &[string(r.operation.as_str())])))
+            .and_then(|b| b.fact(fact(vocab::RESOURCE, &[string(r.prefix)])))
+            .and_then(|b| b.fact(fact(vocab::TRANSPORT, &[string(r.channel.as_str())])))
+            .and_then(|b| b.fact(fact(vocab::REQUEST_TENANT, &[string(r.request_tenant)])))
+            .and_then(|b| b.fact(fact(vocab::REQUEST_TTL, &[secs(r.ttl)])))
+            .and_then(|b| b.fact(fact(vocab::MAX_TTL, &[secs(self.max_ttl)])))
+            .and_then(|b| b.fact(fact(vocab::PURPOSE, &[string(r.purpose)])))
+            .map_err(internal)?;
+        if let Some(who) = r.on_behalf_of {
+            b = b
+                .fact(fact(vocab::ON_BEHALF_OF, &[string(who)]))
+                .map_err(internal)?;
+        }
+        if let Some(who) = r.approved_by.filter(|w| !w.trim().is_empty()) {
+            b = b
+                .fact(fact(vocab::APPROVED_BY, &[string(who)]))
+                .map_err(internal)?;
+        }
+        for (tenant, p) in self.tenant_prefixes.iter() {
+            b = b
+                .fact(fact(vocab::TENANT_PREFIX, &[string(tenant), string(p)]))
+                .map_err(internal)?;
+        }
+        // The requested budget, so that a policy can demand one (`check if
+        // budget_calls($n), $n <= 100`).
+        for f in r.budget.into_iter().flat_map(token::budget_facts) {
+            b = b.fact(f).map_err(internal)?;
+        }
+        for t in self
+            .tool_tenant_prefixes
+            .iter()
+            .filter(|t| t.tool == r.tool)
+        {
+            b = b
+                .fact(fact(
+                    vocab::TOOL_TENANT_PREFIX,
+                    &[string(&t.tool), string(&t.tenant), string(&t.prefix)],
+                ))
+                .map_err(internal)?;
+        }
+        Ok(b)
+    }
+
+    /// Whether a new task asked for by `identity` could be granted `tool` on `resource`: the
+    /// agent's own rights and prefixes, then the issuance policy, as for a real request (with
+    /// the default lifetime and no approval). `Ok` carries the prefix to ask for and whether a
+    /// human's approval would be needed; `Err` says in words why no task would get it. For a
+    /// denial's advice only: it issues nothing and reads nothing but the identity.
+    pub fn could_grant(
+        &self,
+        identity: &Identity,
+        tool: &str,
+        resource: &str,
+        channel: Channel,
+    ) -> Result<(String, bool), String> {
+        if !identity.rights.iter().any(|r| r == tool) {
+            return Err(format!(
+                "the agent holds no right to `{tool}`; only an operator can grant one"
+            ));
+        }
+        let covered = identity
+            .prefixes
+            .get(tool)
+            .is_some_and(|ps| ps.iter().any(|p| capgate_core::task::covers(p, resource)));
+        if !covered {
+            return Err(format!(
+                "`{resource}` is outside the prefixes the agent may ever use with `{tool}`"
+            ));
+        }
+        let operation = self
+            .catalog
+            .spec(tool)
+            .map(|s| s.operation)
+            .ok_or_else(|| format!("`{tool}` is not hosted"))?;
+        let prefix = self
+            .catalog
+            .canonical_prefix(tool, resource)
+            .unwrap_or_else(|_| resource.to_owned());
+        let facts = PairFacts {
+            tool,
+            prefix: &prefix,
+            operation,
+            channel,
+            request_tenant: &identity.tenant,
+            ttl: self.default_ttl.min(self.max_ttl),
+            purpose: "(dry run)",
+            on_behalf_of: None,
+            approved_by: None,
+            budget: None,
+            now: SystemTime::now(),
+        };
+        // The identity's facts stand in for the authority block they were read from.
+        let run = |approved: bool| -> Result<(), Refusal> {
+            let mut b = self
+                .pair_authorizer(&PairFacts {
+                    approved_by: approved.then_some("(dry run)"),
+                    ..facts
+                })
+                .map_err(|e| self.policy.explain(&to_token_error(e)))?;
+            let mut identity_facts = vec![
+                fact(vocab::AGENT, &[string(&identity.agent)]),
+                fact(vocab::TENANT, &[string(&identity.tenant)]),
+            ];
+            for r in &identity.rights {
+                identity_facts.push(fact(vocab::RIGHT, &[string(r)]));
+            }
+            for (t, ps) in &identity.prefixes {
+                for p in ps {
+                    identity_facts.push(fact(vocab::RESOURCE_PREFIX, &[string(t), string(p)]));
+                }
+            }
+            for f in identity_facts {
+                b = b.fact(f).map_err(|e| self.policy.explain(&e))?;
+            }
+            b.build_unauthenticated()
+                .and_then(|mut a| a.authorize())
+                .map(|_| ())
+                .map_err(|e| self.policy.explain(&e))
+        };
+        match run(false) {
+            Ok(()) => Ok((prefix, false)),
+            Err(first) => match run(true) {
+                Ok(()) => Ok((prefix, true)),
+                Err(_) => Err(format!(
+                    "the issuance policy would refuse a task for it (rule `{}`)",
+                    first.reason
+                )),
+            },
+        }
     }
 
     /// Expands the intent into (tool, canonical prefix) pairs, validating its shape.
@@ -491,6 +608,30 @@ impl Issuer {
             }
         }
         Ok(pairs)
+    }
+}
+
+/// The facts of one requested (tool, prefix).
+#[derive(Clone, Copy)]
+struct PairFacts<'a> {
+    tool: &'a str,
+    prefix: &'a str,
+    operation: capgate_core::tool::Operation,
+    channel: Channel,
+    request_tenant: &'a str,
+    ttl: Duration,
+    purpose: &'a str,
+    on_behalf_of: Option<&'a str>,
+    approved_by: Option<&'a str>,
+    budget: Option<&'a Budget>,
+    now: SystemTime,
+}
+
+/// A builder fault as the Datalog error `Policy::explain` reads.
+fn to_token_error(e: IssuanceError) -> biscuit_auth::error::Token {
+    match e {
+        IssuanceError::Internal(TokenError::Build(t)) => t,
+        _ => biscuit_auth::error::Token::InternalError,
     }
 }
 

@@ -13,6 +13,7 @@
 //! but through [`book::TaskBook`]; every decision is a pure function of the verified token, the
 //! policy, the call's facts and what the book says.
 
+pub mod anomaly;
 pub mod book;
 pub mod error;
 pub mod guard;
@@ -20,6 +21,7 @@ pub mod issuance;
 pub mod policy;
 pub mod token;
 
+pub use anomaly::{AnomalyRules, Fired};
 pub use book::{StoreFault, TaskBook};
 pub use error::Error;
 pub use guard::{CallEnv, CredentialError, Denial, Grant, Guard, GuardSettings, Transport};

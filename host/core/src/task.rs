@@ -38,6 +38,126 @@ pub struct Intent {
     /// The tenant the task acts for; default: the agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Limits on how much the task may do, enforced by the guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// How much a task may do: calls in all, calls per tool, calls per minute. Every field is
+/// optional; `None` (or a tool not named) is unlimited. In a token these are facts of the task
+/// block (and of any block a sub-agent appends), and the lowest value any block names is the one
+/// that holds, so a derived token can lower a limit but never raise it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Calls the task may make in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    /// Calls per tool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_tool: BTreeMap<String, u64>,
+    /// Calls within any 60 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u64>,
+}
+
+/// The largest budget value accepted (Biscuit integers are signed 64-bit).
+pub const MAX_BUDGET: u64 = 1_000_000_000;
+
+impl Budget {
+    /// No limit at all.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_none() && self.per_tool.is_empty() && self.per_minute.is_none()
+    }
+
+    /// Lowers every limit to `other`'s where `other` is lower (the meet of two budgets).
+    pub fn narrow(&mut self, other: &Budget) {
+        fn min(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        self.calls = min(self.calls, other.calls);
+        self.per_minute = min(self.per_minute, other.per_minute);
+        for (tool, n) in &other.per_tool {
+            let e = self.per_tool.entry(tool.clone()).or_insert(*n);
+            *e = (*e).min(*n);
+        }
+    }
+
+    /// Checks the shape: every value between 1 and [`MAX_BUDGET`]. (A limit of 0 admits
+    /// nothing: a task that may not call anything is a request mistake.)
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |what: String, n: u64| {
+            if n == 0 || n > MAX_BUDGET {
+                Err(format!(
+                    "`budget.{what}` must be between 1 and {MAX_BUDGET}, not {n}"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(n) = self.calls {
+            check("calls".into(), n)?;
+        }
+        if let Some(n) = self.per_minute {
+            check("per_minute".into(), n)?;
+        }
+        for (tool, n) in &self.per_tool {
+            check(format!("per_tool.{tool}"), *n)?;
+        }
+        Ok(())
+    }
+}
+
+/// The limit a call would have gone over: nothing ran.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetExhausted {
+    /// `calls`, `per_tool.<tool>` or `per_minute`.
+    pub limit: String,
+    /// The limit.
+    pub max: u64,
+    /// Calls already counted against it.
+    pub used: u64,
+}
+
+impl std::fmt::Display for BudgetExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.limit.as_str() {
+            "per_minute" => write!(
+                f,
+                "the task's budget `per_minute` = {} is used up ({} calls in the last 60 s); retry later",
+                self.max, self.used
+            ),
+            limit => write!(
+                f,
+                "the task's budget `{limit}` = {} is used up ({} calls made); a new task is needed for more",
+                self.max, self.used
+            ),
+        }
+    }
+}
+
+/// What a budgeted task has spent, as the guard counts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetUse {
+    /// Calls counted in all.
+    pub calls: u64,
+    /// Calls counted per tool.
+    pub per_tool: BTreeMap<String, u64>,
+}
+
+impl BudgetUse {
+    /// Whether `budget` still admits a call of `tool` (ignoring the per-minute rate, which
+    /// recovers on its own).
+    pub fn admits(&self, budget: &Budget, tool: &str) -> bool {
+        budget.calls.is_none_or(|max| self.calls < max)
+            && budget
+                .per_tool
+                .get(tool)
+                .is_none_or(|max| self.per_tool.get(tool).copied().unwrap_or(0) < *max)
+    }
 }
 
 /// A map whose keys must be distinct: a request naming a key twice is ambiguous, and taking
@@ -102,6 +222,9 @@ pub struct TaskGrant {
     /// When the task's access ends.
     #[serde(with = "unix_seconds")]
     pub expires_at: SystemTime,
+    /// The budget written into the task block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// Whether a granted prefix covers a resource: the empty prefix covers everything, a prefix
@@ -178,6 +301,9 @@ pub struct TaskRecord {
     pub ended_at: Option<SystemTime>,
     /// Why it ended.
     pub end_reason: Option<EndReason>,
+    /// What revoked it, when it was revoked by a rule rather than by a person (for instance
+    /// `anomaly:revoke_after_denials`).
+    pub revoked_by: Option<String>,
     /// The task's trace id (32 hex), fixed at issuance.
     pub trace_id: String,
     /// The task's root span id (16 hex), fixed at issuance.

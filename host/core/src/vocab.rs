@@ -18,6 +18,13 @@ pub const TASK: &str = "task";
 /// `granted_prefix($tool, $prefix)`: what a task block grants.
 pub const GRANTED_PREFIX: &str = "granted_prefix";
 
+/// `budget_calls($n)`: in a task block (or a later one), the most calls the task may make.
+pub const BUDGET_CALLS: &str = "budget_calls";
+/// `budget_tool($tool, $n)`: the most calls of one tool.
+pub const BUDGET_TOOL: &str = "budget_tool";
+/// `budget_per_minute($n)`: the most calls within any 60 seconds.
+pub const BUDGET_PER_MINUTE: &str = "budget_per_minute";
+
 /// `approver($name)`: the human an approval token speaks for.
 pub const APPROVER: &str = "approver";
 /// `approves_agent($id)`: the only agent an approval serves.
@@ -59,7 +66,17 @@ pub const ON_BEHALF_OF: &str = "on_behalf_of";
 pub const APPROVED_BY: &str = "approved_by";
 
 /// Facts a token may carry (authority block and task blocks).
-pub const TOKEN_FACTS: &[&str] = &[AGENT, TENANT, RIGHT, RESOURCE_PREFIX, TASK, GRANTED_PREFIX];
+pub const TOKEN_FACTS: &[&str] = &[
+    AGENT,
+    TENANT,
+    RIGHT,
+    RESOURCE_PREFIX,
+    TASK,
+    GRANTED_PREFIX,
+    BUDGET_CALLS,
+    BUDGET_TOOL,
+    BUDGET_PER_MINUTE,
+];
 
 /// Facts the guard supplies at every call.
 pub const INVOCATION_FACTS: &[&str] = &[
@@ -89,4 +106,7 @@ pub const ISSUANCE_FACTS: &[&str] = &[
     PURPOSE,
     ON_BEHALF_OF,
     APPROVED_BY,
+    BUDGET_CALLS,
+    BUDGET_TOOL,
+    BUDGET_PER_MINUTE,
 ];

@@ -43,13 +43,23 @@ pub(crate) fn deny_body(
 }
 
 fn denial_body(d: &Denial) -> Value {
-    deny_body(
+    let mut body = deny_body(
         &d.reason,
         &d.message,
         &d.tool,
         &d.resource,
         &d.failed_checks,
-    )
+    );
+    if let Some(b) = &d.budget {
+        body["budget"] = json!(b);
+    }
+    if let Some(f) = &d.task_revoked {
+        body["task_revoked"] = json!(f);
+    }
+    if let Some(r) = &d.remedy {
+        body["remedy"] = r.clone();
+    }
+    body
 }
 
 /// The body of a refusal that is capgate's own fault.
@@ -116,13 +126,20 @@ fn denial(d: &Denial) -> CallToolResult {
             fault_body(&d.reason, &d.message),
         );
     }
-    error_result(
-        format!(
-            "capgate denied `{}` on `{}`: {}",
-            d.tool, d.resource, d.message
-        ),
-        denial_body(d),
-    )
+    // The text is what a model reads first: the failed check, then what to do about it.
+    let mut text = format!(
+        "capgate denied `{}` on `{}`: {}",
+        d.tool, d.resource, d.message
+    );
+    if let Some(r) = &d.remedy {
+        if let Some(advice) = r.get("advice").and_then(Value::as_str) {
+            text.push_str(&format!(". {advice}"));
+        }
+        if let Some(args) = r.get("task_begin") {
+            text.push_str(&format!(": {args}"));
+        }
+    }
+    error_result(text, denial_body(d))
 }
 
 fn output(out: ToolOutput) -> CallToolResult {
@@ -169,6 +186,7 @@ pub(crate) fn task_begun(task: &IssuedTask) -> CallToolResult {
         "task_id": r.id,
         "expires_at": rfc3339(r.expires_at),
         "granted": r.grant.tools,
+        "budget": r.grant.budget,
         "token": task.token,
         "bound_to_session": true,
     }));

@@ -13,8 +13,8 @@ use biscuit_auth::{AuthorizerLimits, PublicKey};
 use capgate_authz::issuance::ToolTenantPrefix;
 use capgate_authz::policy::LintWarning;
 use capgate_authz::{
-    CallEnv, CredentialError, Denial, Guard, GuardSettings, Issuer, IssuerSettings, Policy,
-    PolicyKind, RootKey, Transport, Verifier,
+    AnomalyRules, CallEnv, CredentialError, Denial, Guard, GuardSettings, Issuer, IssuerSettings,
+    Policy, PolicyKind, RootKey, Transport, Verifier,
 };
 use capgate_core::door::{CallError, Catalog, Door, Registry};
 use capgate_core::task::{EndReason, TaskRecord};
@@ -150,6 +150,7 @@ impl HostBuilder {
             max_time: config.guard.max_time,
         };
         let tenant_prefixes = Arc::new(tenant_prefixes(&config, self.registry.catalog()));
+        let anomaly = anomaly_rules(&config, self.registry.catalog())?;
         let verifier = Arc::new(Verifier::with_limits(
             root_public,
             config.guard.token_cache_entries,
@@ -163,6 +164,7 @@ impl HostBuilder {
                 cache_entries: config.guard.decision_cache_entries,
                 cache_ttl: config.guard.decision_cache_ttl,
                 tenant_prefixes: Arc::clone(&tenant_prefixes),
+                anomaly,
             },
         ));
         let audit = AuditLog::open(
@@ -202,17 +204,20 @@ impl HostBuilder {
             },
         );
         issuer.observe(telemetry.clone());
+        let issuer = Arc::new(issuer);
         Ok(Host {
             inner: Arc::new(Shared {
                 config,
                 verifier,
-                issuer: Arc::new(issuer),
+                issuer: Arc::clone(&issuer),
                 pipeline: Arc::new(Pipeline {
                     door,
                     telemetry,
                     ledger,
+                    issuer,
                 }),
                 notes,
+                approvals: Default::default(),
             }),
         })
     }
@@ -261,6 +266,47 @@ fn tenant_prefixes(config: &Config, catalog: &Catalog) -> Vec<(String, String)> 
         }
     }
     out
+}
+
+/// `[anomaly]` resolved against what is hosted: each `sensitive` entry is a tool name or a
+/// resource prefix, the latter in every spelling a hosted tool gives it (as for `[tenants]`).
+/// An entry that is neither is refused at startup, naming it.
+fn anomaly_rules(config: &Config, catalog: &Catalog) -> Result<AnomalyRules, Error> {
+    let a = &config.anomaly;
+    let mut rules = AnomalyRules {
+        denials: a.revoke_after_denials,
+        out_of_intent: a.revoke_after_out_of_intent,
+        window: a.window,
+        ..Default::default()
+    };
+    for (i, raw) in a.sensitive.iter().enumerate() {
+        if catalog.spec(raw).is_some() {
+            rules.sensitive_tools.push(raw.clone());
+            continue;
+        }
+        let before = rules.sensitive_prefixes.len();
+        for spec in catalog.specs() {
+            if let Ok(p) = catalog.canonical_prefix(&spec.name, raw)
+                && !p.is_empty()
+            {
+                let pair = (spec.name.clone(), p);
+                if !rules.sensitive_prefixes.contains(&pair) {
+                    rules.sensitive_prefixes.push(pair);
+                }
+            }
+        }
+        if rules.sensitive_prefixes.len() == before {
+            return Err(Error::Config {
+                file: config.source.describe(),
+                key: format!("anomaly.sensitive[{i}]"),
+                message: format!(
+                    "`{raw}` is neither a hosted tool ({}) nor a resource prefix any of them accepts",
+                    catalog.names()
+                ),
+            });
+        }
+    }
+    Ok(rules)
 }
 
 /// Each tenant's prefixes as each tool that canonicalizes prefixes spells them: what a task
@@ -368,6 +414,7 @@ impl Host {
                 transport: Transport::InProcess,
                 session: Arc::from("in-process"),
             },
+            rpc_id: None,
         };
         let call = CallRequest {
             name: tool.to_owned(),
@@ -375,6 +422,7 @@ impl Host {
             request_id: "in-process".into(),
             protocol: None,
             traceparent: None,
+            tool_call_id: None,
             progress_token: None,
             depth: 0,
         };

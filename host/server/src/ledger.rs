@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use capgate_authz::{StoreFault, TaskBook, TokenError, VerifiedToken};
-use capgate_core::task::{EndReason, TaskRecord};
+use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 
 use crate::error::Error;
 use crate::store::{Revocation, TaskStore};
@@ -230,10 +230,23 @@ impl TaskLedger {
     /// Ends a task: marks it ended and revokes its block (and so every token derived from it),
     /// then tells observers. Returns `None` when it had already ended.
     pub fn end_task(&self, id: &str, reason: EndReason) -> Result<Option<TaskRecord>, Error> {
+        self.end_task_by(id, reason, None)
+    }
+
+    /// [`TaskLedger::end_task`], naming the rule that revoked the task.
+    pub fn end_task_by(
+        &self,
+        id: &str,
+        reason: EndReason,
+        revoked_by: Option<&str>,
+    ) -> Result<Option<TaskRecord>, Error> {
         // Held while the store and the in-memory set change together, so that a concurrent
         // reload (which replaces the set with what it read) cannot drop this revocation.
         let reloading = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(task) = self.store.end_task(id, reason, SystemTime::now())? else {
+        let Some(task) = self
+            .store
+            .end_task(id, reason, revoked_by, SystemTime::now())?
+        else {
             return Ok(None);
         };
         self.revoked
@@ -243,7 +256,7 @@ impl TaskLedger {
                 task.revocation_id.clone(),
                 Revocation {
                     id: task.revocation_id.clone(),
-                    reason: format!("task {}", reason.as_str()),
+                    reason: crate::store::revocation_reason(reason, revoked_by),
                     task_id: Some(task.id.clone()),
                 },
             );
@@ -320,8 +333,29 @@ impl TaskBook for TaskLedger {
             .map_err(StoreFault::new)
     }
 
-    fn end_task(&self, id: &str, reason: EndReason) -> Result<Option<TaskRecord>, StoreFault> {
-        TaskLedger::end_task(self, id, reason).map_err(StoreFault::new)
+    fn end_task(
+        &self,
+        id: &str,
+        reason: EndReason,
+        revoked_by: Option<&str>,
+    ) -> Result<Option<TaskRecord>, StoreFault> {
+        TaskLedger::end_task_by(self, id, reason, revoked_by).map_err(StoreFault::new)
+    }
+
+    fn spend(
+        &self,
+        task: &str,
+        tool: &str,
+        budget: &Budget,
+        now: SystemTime,
+    ) -> Result<Result<(), BudgetExhausted>, StoreFault> {
+        self.store
+            .spend_budget(task, tool, budget, now)
+            .map_err(StoreFault::new)
+    }
+
+    fn budget_use(&self, task: &str) -> Result<BudgetUse, StoreFault> {
+        self.store.budget_use(task).map_err(StoreFault::new)
     }
 
     fn revoke(&self, revocation_id: &str, reason: &str) -> Result<bool, StoreFault> {

@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capgate_authz::{CallEnv, Denial, Grant, Guard, Transport, VerifiedToken};
+use capgate_authz::{CallEnv, Channel, Denial, Grant, Guard, Issuer, Transport, VerifiedToken};
 use capgate_core::context::{CallScope, ContextParts, LogLevel, NestedFuture};
 use capgate_core::door::{CallError, Door, Prepared, Stages};
 use capgate_core::{Arguments, Resource, ToolContext, ToolError, ToolOutput};
 use rmcp::Peer;
 use rmcp::model::ProgressToken;
 use rmcp::service::RoleServer;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -45,6 +46,8 @@ pub struct Caller {
     pub token: Arc<VerifiedToken>,
     /// Transport and session.
     pub env: CallEnv,
+    /// The JSON-RPC id of the client's request (nested calls keep their caller's).
+    pub rpc_id: Option<Arc<str>>,
 }
 
 impl Stages for HostStages {
@@ -57,7 +60,8 @@ impl Stages for HostStages {
     }
 
     fn record(&self, caller: &Caller, call: &Prepared, grant: &Grant) -> Result<(), Box<Denial>> {
-        self.telemetry.record_allowed(call, grant, &caller.env)
+        self.telemetry
+            .record_allowed(call, grant, &caller.env, caller.rpc_id.as_deref())
     }
 }
 
@@ -70,6 +74,64 @@ pub(crate) struct Pipeline {
     pub(crate) door: Arc<HostDoor>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) ledger: Arc<TaskLedger>,
+    /// Asked, for a denial's advice only, whether a new task could grant what was refused.
+    pub(crate) issuer: Arc<Issuer>,
+}
+
+impl Pipeline {
+    /// Fills in what a refused call would have needed, and the `task_begin` arguments to ask
+    /// for it when a new task could grant it (the agent's own rights and the issuance policy,
+    /// as a dry run). Nothing about other tenants goes in: only the caller's own request and
+    /// rights, and the name of a rule the caller could read in the policy anyway.
+    fn remedy(&self, caller: &Caller, d: &mut Denial) {
+        if d.fault || d.task_revoked.is_some() {
+            return;
+        }
+        let mut needed = json!({"tool": d.tool, "resource": d.resource});
+        if let Some(b) = &d.budget {
+            needed["budget"] = json!(b);
+            if b.limit == "per_minute" {
+                d.remedy = Some(json!({
+                    "needed": needed,
+                    "advice": "the per-minute rate recovers by itself: retry in a minute",
+                }));
+                return;
+            }
+        }
+        let channel = match caller.env.transport {
+            Transport::Stdio => Channel::Stdio,
+            Transport::Http => Channel::McpHttp,
+            Transport::InProcess => Channel::Cli,
+        };
+        let identity = caller.token.identity();
+        let purpose = d
+            .task
+            .as_ref()
+            .map(|t| t.intent.purpose.clone())
+            .unwrap_or_default();
+        let mut remedy = json!({ "needed": needed });
+        match self
+            .issuer
+            .could_grant(identity, &d.tool, &d.resource, channel)
+        {
+            Ok((prefix, approval)) => {
+                let mut args = json!({"purpose": purpose, "tools": [d.tool]});
+                if !prefix.is_empty() {
+                    args["resources"] = json!({ d.tool.as_str(): [prefix] });
+                }
+                remedy["task_begin"] = args;
+                remedy["advice"] = json!(if approval {
+                    "a new task could grant this with a human's approval: call task_begin with these arguments (the human is asked when the client supports it), or ask an operator for an approval token"
+                } else {
+                    "a new task could grant this: call task_begin with these arguments"
+                });
+            }
+            Err(why) => {
+                remedy["advice"] = json!(format!("no new task would grant this: {why}"));
+            }
+        }
+        d.remedy = Some(remedy);
+    }
 }
 
 /// One tools/call as the pipeline sees it.
@@ -79,6 +141,7 @@ pub(crate) struct CallRequest {
     pub(crate) request_id: String,
     pub(crate) protocol: Option<String>,
     pub(crate) traceparent: Option<String>,
+    pub(crate) tool_call_id: Option<String>,
     pub(crate) progress_token: Option<ProgressToken>,
     pub(crate) depth: u8,
 }
@@ -125,10 +188,17 @@ pub(crate) async fn run_call(
             .map(|s| s.as_ref()),
         transport: caller.env.transport,
         traceparent: call.traceparent.as_deref(),
+        tool_call_id: call.tool_call_id.as_deref(),
         task: task_hint.as_deref(),
         token: &caller.token,
         nested: call.depth > 0,
     });
+    // What a guardrail verdict is about: the model's tool call id when the client sent one,
+    // else the JSON-RPC request.
+    let target = call
+        .tool_call_id
+        .as_deref()
+        .or(Some(call.request_id.as_str()));
     async {
         let prepared = match door.prepare(&call.name, call.args) {
             Ok(p) => p,
@@ -140,6 +210,7 @@ pub(crate) async fn run_call(
                     &e,
                     &caller.env,
                     started,
+                    caller.rpc_id.as_deref(),
                 );
                 return CallOutcome::Invalid(e);
             }
@@ -149,19 +220,36 @@ pub(crate) async fn run_call(
         let guard_time = guard_started.elapsed();
         let authorized = match decision {
             Ok(a) => a,
-            Err(denial) => {
-                telemetry.call_denied(&caller.token, &denial, &caller.env, guard_time, started);
+            Err(mut denial) => {
+                host.remedy(caller, &mut denial);
+                telemetry.call_denied(
+                    &caller.token,
+                    &denial,
+                    &caller.env,
+                    guard_time,
+                    started,
+                    caller.rpc_id.as_deref(),
+                    target,
+                );
                 return CallOutcome::Denied(denial);
             }
         };
         let recorded = match door.record(caller, authorized) {
             Ok(r) => r,
             Err(denial) => {
-                telemetry.call_denied(&caller.token, &denial, &caller.env, Duration::ZERO, started);
+                telemetry.call_denied(
+                    &caller.token,
+                    &denial,
+                    &caller.env,
+                    Duration::ZERO,
+                    started,
+                    caller.rpc_id.as_deref(),
+                    target,
+                );
                 return CallOutcome::Denied(denial);
             }
         };
-        telemetry.call_allowed(recorded.call(), recorded.grant(), guard_time);
+        telemetry.call_allowed(recorded.call(), recorded.grant(), guard_time, target);
         let tool = recorded.call().spec().name.clone();
         let this_call = recorded
             .call()
@@ -179,6 +267,7 @@ pub(crate) async fn run_call(
                     caller: Caller {
                         token: Arc::clone(&caller.token),
                         env: caller.env.clone(),
+                        rpc_id: caller.rpc_id.clone(),
                     },
                     depth: call.depth,
                     log_level: delivery.log_level,
@@ -229,6 +318,7 @@ impl CallScope for Scope {
                 request_id: format!("nested:{caller}"),
                 protocol: None,
                 traceparent: None,
+                tool_call_id: None,
                 progress_token: None,
                 depth: self.depth + 1,
             };
@@ -255,7 +345,6 @@ impl CallScope for Scope {
             .door
             .stages()
             .guard
-            .decide(&self.caller.token, &call, &self.caller.env)
-            .is_ok()
+            .permits(&self.caller.token, &call, &self.caller.env)
     }
 }

@@ -11,6 +11,7 @@ use capgate_authz::{Guard, Issuer, Verifier};
 use crate::config::Config;
 use crate::ledger::TaskLedger;
 use crate::pipeline::{HostDoor, Pipeline};
+use crate::session::approvals::PendingApprovals;
 use crate::telemetry::Telemetry;
 
 /// Shared state of a running host.
@@ -20,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) issuer: Arc<Issuer>,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) notes: Vec<String>,
+    /// Approval questions asked through 2026-07-28 round trips, awaiting their answer.
+    pub(crate) approvals: PendingApprovals,
 }
 
 impl Shared {

@@ -64,7 +64,7 @@ impl Fixture {
     /// CLI, another replica) would.
     fn end_elsewhere(&self, id: &str) {
         let other = SqliteStore::open(&self.store_file).unwrap();
-        let ended = other.end_task(id, EndReason::Completed, SystemTime::now());
+        let ended = other.end_task(id, EndReason::Completed, None, SystemTime::now());
         assert!(ended.unwrap().is_some(), "task {id} was running");
     }
 

@@ -266,11 +266,25 @@ fn call_spans(spans: &[SpanData]) -> Vec<&SpanData> {
     v
 }
 
+/// What ran under a call: its children except the guard's own verdict span.
 fn children<'a>(spans: &'a [SpanData], parent: &SpanData) -> Vec<&'a SpanData> {
     spans
         .iter()
         .filter(|s| s.parent_span_id == parent.span_context.span_id())
+        .filter(|s| s.name != GUARDRAIL)
         .collect()
+}
+
+const GUARDRAIL: &str = "run_guardrail capgate";
+
+/// The guard's verdict on a call, as the GenAI security conventions' `run_guardrail` span.
+fn guardrail<'a>(spans: &'a [SpanData], parent: &SpanData) -> &'a SpanData {
+    let mut g = spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent.span_context.span_id() && s.name == GUARDRAIL);
+    let one = g.next().expect("a run_guardrail span under the call");
+    assert!(g.next().is_none(), "one verdict per call");
+    one
 }
 
 /// Over stdio: an allowed call is a SERVER span, child of the task's root span in the task's
@@ -371,6 +385,29 @@ async fn allowed_and_denied_calls_are_children_of_the_task_span() {
         "a denied call has no execution child"
     );
 
+    // The verdicts, in the GenAI security conventions' terms.
+    let yes = guardrail(&spans, allowed);
+    assert_unique_keys(yes);
+    assert_eq!(yes.span_kind, SpanKind::Internal);
+    assert_eq!(text_attr(yes, "gen_ai.operation.name"), "run_guardrail");
+    assert_eq!(text_attr(yes, "gen_ai.guardrail.verdict.type"), "allow");
+    assert_eq!(text_attr(yes, "gen_ai.guardrail.target.type"), "input");
+    assert_eq!(
+        text_attr(yes, "gen_ai.guardrail.target.subtype"),
+        "tool_call"
+    );
+    let no = guardrail(&spans, refused);
+    assert_unique_keys(no);
+    assert_eq!(text_attr(no, "gen_ai.guardrail.verdict.type"), "deny");
+    assert_eq!(text_attr(no, "gen_ai.guardrail.action.type"), "block");
+    assert_eq!(text_attr(no, "gen_ai.guardrail.security.policy.id"), told);
+    assert_eq!(
+        text_attr(no, "gen_ai.guardrail.target.id"),
+        text_attr(refused, "jsonrpc.request.id"),
+        "the verdict names the request it is about"
+    );
+    assert!(!text_attr(no, "gen_ai.guardrail.verdict.reason").is_empty());
+
     // The audit log names the same trace and span for each decision.
     let audit = AuditLog::read_all(&fx.host.config().audit_file(), 1);
     let lines: Vec<_> = audit
@@ -383,6 +420,11 @@ async fn allowed_and_denied_calls_are_children_of_the_task_span() {
         assert_eq!(
             line.span_id.as_deref(),
             Some(span.span_context.span_id().to_string().as_str())
+        );
+        assert_eq!(
+            line.jsonrpc_id.as_deref(),
+            Some(text_attr(span, "jsonrpc.request.id").as_str()),
+            "the audit line names the JSON-RPC request"
         );
     }
     assert_eq!(lines[0].decision, "allow");
@@ -828,4 +870,120 @@ async fn metrics_follow_the_conventions() {
             .sum::<u64>(),
         3
     );
+}
+
+/// An anomaly rule that fires revokes the task: the denial's span and the task span say which
+/// rule, and the task span's end reason is `revoked`.
+#[tokio::test]
+async fn an_anomaly_revocation_is_on_the_task_span() {
+    let fx = Fixture::with(
+        "[anomaly]\nrevoke_after_denials = 2\nrevoke_after_out_of_intent = 0\n",
+        "fs_read",
+        "fs_write",
+    );
+    let (task, client) = fx.session("agent-probe", "probe the secrets").await;
+    let first = call(&client, "fs_read", "secret/a.pem", None).await;
+    assert!(denial_of(&first).get("task_revoked").is_none());
+    let second = call(&client, "fs_read", "secret/b.pem", None).await;
+    assert_eq!(
+        denial_of(&second)["task_revoked"]["revoked_by"],
+        "anomaly:revoke_after_denials"
+    );
+    assert_eq!(fx.reads.load(Ordering::SeqCst), 0, "nothing was read");
+    client.cancel().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        let spans = trace(&task.record.trace_id);
+        if spans.iter().any(|s| s.name == "task probe the secrets") {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "no task span: {spans:#?}");
+        fx.host.telemetry().flush();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let task_span = named(&spans, "task probe the secrets");
+    assert_eq!(text_attr(task_span, "capgate.task.end_reason"), "revoked");
+    assert_eq!(
+        text_attr(task_span, "capgate.task.revoked_by"),
+        "anomaly:revoke_after_denials"
+    );
+    assert_eq!(int_attr(task_span, "capgate.action.denied"), 2);
+    let calls = call_spans(&spans);
+    assert_eq!(
+        text_attr(calls[1], "capgate.task.revoked_by"),
+        "anomaly:revoke_after_denials"
+    );
+    let stored = fx.host.ledger().task(&task.record.id).unwrap().unwrap();
+    assert_eq!(
+        stored.revoked_by.as_deref(),
+        Some("anomaly:revoke_after_denials")
+    );
+}
+
+/// A 2026-07-28 client: the span carries the protocol version, the JSON-RPC id and the model's
+/// tool call id from `_meta`, and no `mcp.session.id` (that revision has no sessions); the
+/// guardrail verdict names the tool call it is about.
+#[tokio::test]
+async fn a_2026_07_28_call_follows_the_current_conventions() {
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _, ServiceExt as _};
+    let fx = Fixture::new();
+    let task = fx.begin("agent-2026", "the new protocol");
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let session = fx
+        .host
+        .session(capgate_authz::Transport::Stdio, Some(task.token.clone()));
+    tokio::spawn(async move {
+        if let Ok(server) = session.serve(server_io).await {
+            let _ = server.waiting().await;
+        }
+    });
+    let client = ()
+        .serve_with_lifecycle(
+            client_io,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("discover");
+    let mut params =
+        CallToolRequestParams::new("fs_read").with_arguments(args(json!({"path": "docs/a.txt"})));
+    params
+        .meta
+        .get_or_insert_with(Default::default)
+        .insert("gen_ai.tool.call.id".into(), json!("call_7f3a"));
+    let r = client.call_tool(params).await.expect("answered");
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    client.cancel().await.unwrap();
+
+    let spans = trace(&task.record.trace_id);
+    let c = named(&spans, "tools/call fs_read");
+    assert_unique_keys(c);
+    assert_eq!(text_attr(c, "mcp.protocol.version"), "2026-07-28");
+    assert!(attr(c, "mcp.session.id").is_none());
+    assert_eq!(text_attr(c, "gen_ai.tool.call.id"), "call_7f3a");
+    assert!(!text_attr(c, "jsonrpc.request.id").is_empty());
+    assert_eq!(
+        text_attr(guardrail(&spans, c), "gen_ai.guardrail.target.id"),
+        "call_7f3a"
+    );
+    let audit = AuditLog::read_all(&fx.host.config().audit_file(), 1);
+    let line = audit
+        .iter()
+        .find(|r| r.kind == "call" && r.task.as_deref() == Some(task.record.id.as_str()))
+        .expect("the call's audit line");
+    assert_eq!(
+        line.jsonrpc_id.as_deref(),
+        Some(text_attr(c, "jsonrpc.request.id").as_str())
+    );
+    assert_eq!(
+        line.span_id.as_deref(),
+        Some(c.span_context.span_id().to_string().as_str())
+    );
+}
+
+fn denial_of(r: &CallToolResult) -> &Value {
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    &r.structured_content.as_ref().expect("structured")["capgate"]
 }

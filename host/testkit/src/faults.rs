@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use capgate_core::task::{EndReason, TaskRecord};
+use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 use capgate_server::Error;
 use capgate_server::store::{Revocation, SqliteStore, TaskStore, ToolUsage, UsageDelta};
 
@@ -87,10 +87,25 @@ impl TaskStore for FailingStore {
         &self,
         id: &str,
         reason: EndReason,
+        revoked_by: Option<&str>,
         at: SystemTime,
     ) -> Result<Option<TaskRecord>, Error> {
         self.check()?;
-        self.inner.end_task(id, reason, at)
+        self.inner.end_task(id, reason, revoked_by, at)
+    }
+    fn spend_budget(
+        &self,
+        task: &str,
+        tool: &str,
+        budget: &Budget,
+        at: SystemTime,
+    ) -> Result<Result<(), BudgetExhausted>, Error> {
+        self.check()?;
+        self.inner.spend_budget(task, tool, budget, at)
+    }
+    fn budget_use(&self, task: &str) -> Result<BudgetUse, Error> {
+        self.check()?;
+        self.inner.budget_use(task)
     }
     fn revoke(&self, id: &str, reason: &str) -> Result<bool, Error> {
         self.check()?;

@@ -62,6 +62,14 @@ impl Capgate {
         std::fs::write(root.join("shared/common.txt"), "shared\n").unwrap();
         std::fs::write(outside.join("secret.txt"), "outside secret\n").unwrap();
         let config = base.join("capgate.toml");
+        // The attack suites fire many refused calls at one task on purpose, to check each
+        // refusal on its own; the anomaly rules (which would revoke such a task after a few)
+        // are tested where a config names `[anomaly]`.
+        let anomaly = if extra.contains("[anomaly]") {
+            ""
+        } else {
+            "\n[anomaly]\nrevoke_after_denials = 0\nrevoke_after_out_of_intent = 0\n"
+        };
         let text = format!(
             r#"state_dir = "state"
 
@@ -73,7 +81,7 @@ resources = ["acme/"]
 
 [tenants.globex]
 resources = ["globex/"]
-
+{anomaly}
 {extra}
 "#
         );

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use biscuit_auth::Biscuit;
 use biscuit_auth::builder::{self, BlockBuilder, Fact};
 use biscuit_auth::builder_ext::BuilderExt;
-use capgate_core::task::TaskGrant;
+use capgate_core::task::{Budget, TaskGrant};
 use capgate_core::time::date_time;
 use capgate_core::vocab;
 
@@ -168,6 +168,11 @@ pub fn task_block(grant: &TaskGrant) -> Result<BlockBuilder, TokenError> {
                 .map_err(TokenError::Build)?;
         }
     }
+    if let Some(budget) = &grant.budget {
+        for fact in budget_facts(budget) {
+            b = b.fact(fact).map_err(TokenError::Build)?;
+        }
+    }
     let mut params = HashMap::new();
     params.insert("tools".to_owned(), builder::set(names));
     // The called tool is granted, and the resource is covered by a prefix granted *for that
@@ -185,6 +190,27 @@ pub fn task_block(grant: &TaskGrant) -> Result<BlockBuilder, TokenError> {
         .code_with_params(&checks, params, HashMap::new())
         .map_err(TokenError::Build)?;
     Ok(b.check_expiration_date(grant.expires_at))
+}
+
+/// A budget as facts: `budget_calls($n)`, `budget_tool($tool, $n)`, `budget_per_minute($n)`.
+/// The guard takes the lowest value any block names, so a block a sub-agent appends with these
+/// facts can only lower them.
+pub fn budget_facts(budget: &Budget) -> Vec<Fact> {
+    let int = |n: u64| builder::int(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    if let Some(n) = budget.calls {
+        out.push(builder::fact(vocab::BUDGET_CALLS, &[int(n)]));
+    }
+    for (tool, n) in &budget.per_tool {
+        out.push(builder::fact(
+            vocab::BUDGET_TOOL,
+            &[builder::string(tool), int(*n)],
+        ));
+    }
+    if let Some(n) = budget.per_minute {
+        out.push(builder::fact(vocab::BUDGET_PER_MINUTE, &[int(n)]));
+    }
+    out
 }
 
 fn fact1(name: &str, a: &str) -> Fact {

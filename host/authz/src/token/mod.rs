@@ -23,7 +23,8 @@ pub use error::{MAX_TOKEN_LEN, TokenError};
 pub use inspect::{BlockInspection, Inspection, inspect};
 pub use key::{RootKey, verify_signature};
 pub use mint::{
-    AgentGrant, ApprovalScope, append_task_block, mint_agent_token, mint_approval, task_block,
+    AgentGrant, ApprovalScope, append_task_block, budget_facts, mint_agent_token, mint_approval,
+    task_block,
 };
 pub use verified::{Identity, VerifiedToken, collect_rule_dates, collect_term_dates};
 pub use verifier::{Approval, Verifier, VerifierStats, default_limits};
@@ -126,6 +127,7 @@ mod tests {
             task_id: "t1".into(),
             tools,
             expires_at,
+            budget: None,
         };
         let task = append_task_block(&agent, &grant)
             .unwrap()

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use biscuit_auth::builder::{self, Term};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit};
+use capgate_core::task::Budget;
 use capgate_core::{time, vocab};
 
 use super::TokenError;
@@ -36,6 +37,7 @@ pub struct VerifiedToken {
     expires_at: Option<SystemTime>,
     time_bounds: Vec<SystemTime>,
     strings: Vec<String>,
+    budget: Budget,
 }
 
 impl std::fmt::Debug for VerifiedToken {
@@ -114,6 +116,7 @@ impl VerifiedToken {
             }
         }
         let (facts, rules, checks, _) = authorizer.dump();
+        let budget = budget_of(&facts);
         let mut strings = BTreeSet::new();
         let mut time_bounds = Vec::new();
         for f in &facts {
@@ -159,7 +162,13 @@ impl VerifiedToken {
             expires_at,
             time_bounds,
             strings: strings.into_iter().collect(),
+            budget,
         })
+    }
+
+    /// The budget the token carries: for each limit, the lowest value any block names.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Every string the token names (in facts and checks): the resource candidates
@@ -218,6 +227,35 @@ impl VerifiedToken {
     pub fn to_base64(&self) -> Result<String, TokenError> {
         self.biscuit.to_base64().map_err(TokenError::Build)
     }
+}
+
+/// The budget facts of every block, each limit at its lowest. A budget fact that is not
+/// well-formed (a string where a number belongs, a negative number) counts as a limit of 0:
+/// a token that says it is limited, in a way capgate cannot read, admits nothing.
+fn budget_of(facts: &[builder::Fact]) -> Budget {
+    let mut budget = Budget::default();
+    let count = |t: &Term| match t {
+        Term::Integer(n) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    let lower = |slot: &mut Option<u64>, n: u64| *slot = Some(slot.map_or(n, |m| m.min(n)));
+    for f in facts {
+        let terms = &f.predicate.terms;
+        match (f.predicate.name.as_str(), terms.as_slice()) {
+            (vocab::BUDGET_CALLS, [n]) => lower(&mut budget.calls, count(n)),
+            (vocab::BUDGET_PER_MINUTE, [n]) => lower(&mut budget.per_minute, count(n)),
+            (vocab::BUDGET_TOOL, [Term::Str(tool), n]) => {
+                let n = count(n);
+                let e = budget.per_tool.entry(tool.clone()).or_insert(n);
+                *e = (*e).min(n);
+            }
+            (vocab::BUDGET_CALLS | vocab::BUDGET_PER_MINUTE | vocab::BUDGET_TOOL, _) => {
+                lower(&mut budget.calls, 0)
+            }
+            _ => {}
+        }
+    }
+    budget
 }
 
 fn single(values: Vec<(String,)>, what: &'static str) -> Result<String, TokenError> {

@@ -41,6 +41,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// Tenants and the resources each one owns.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// When a task's behaviour revokes it.
+    pub anomaly: AnomalyConfig,
     /// The local audit log.
     pub audit: AuditConfig,
     /// OpenTelemetry export.
@@ -204,6 +206,37 @@ pub struct TenantConfig {
     pub resources: Vec<String>,
 }
 
+/// `[anomaly]`: rules over a task's behaviour that revoke it at once (and every token derived
+/// from it). The defaults are meant to be left on: an agent that works inside its task is never
+/// refused five times in ten minutes, nor three times outside what it declared, while a
+/// prompt-injected one probing for what it was not granted is, within seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Denied attempts within `window` that revoke the task (0: never).
+    pub revoke_after_denials: u32,
+    /// Calls outside the task's declared intent (a tool it did not name, a resource outside the
+    /// prefixes it asked for) within `window` that revoke it (0: never).
+    pub revoke_after_out_of_intent: u32,
+    /// Tool names or resource prefixes (as `[tenants]` writes them: relative to the fs root, or
+    /// URLs) one denied attempt on which revokes the task.
+    pub sensitive: Vec<String>,
+    /// The window the counts are taken over.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            revoke_after_denials: 5,
+            revoke_after_out_of_intent: 3,
+            sensitive: Vec::new(),
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
 /// `[audit]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +296,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             guard: GuardConfig::default(),
             tenants: BTreeMap::new(),
+            anomaly: AnomalyConfig::default(),
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
             dev: DevConfig::default(),
@@ -472,6 +506,16 @@ mod tests {
         assert_eq!(c.policy.max_task_ttl, d.policy.max_task_ttl);
         assert_eq!(c.policy.elicitation_approval, d.policy.elicitation_approval);
         assert_eq!(c.audit.max_bytes, d.audit.max_bytes);
+        assert_eq!(
+            c.anomaly.revoke_after_denials,
+            d.anomaly.revoke_after_denials
+        );
+        assert_eq!(
+            c.anomaly.revoke_after_out_of_intent,
+            d.anomaly.revoke_after_out_of_intent
+        );
+        assert_eq!(c.anomaly.sensitive, d.anomaly.sensitive);
+        assert_eq!(c.anomaly.window, d.anomaly.window);
     }
 
     #[test]

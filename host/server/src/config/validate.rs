@@ -93,6 +93,24 @@ impl Config {
                 );
             }
         }
+        let a = &self.anomaly;
+        if a.window.is_zero() || a.window > std::time::Duration::from_secs(7 * 24 * 3600) {
+            bad(
+                "anomaly.window",
+                format!(
+                    "expected a window between 1s and 7 days, not {}",
+                    humantime::format_duration(a.window)
+                ),
+            );
+        }
+        for (i, entry) in a.sensitive.iter().enumerate() {
+            if entry.trim().is_empty() {
+                bad(
+                    &format!("anomaly.sensitive[{i}]"),
+                    "an empty entry would mark every resource sensitive; name a tool or a resource prefix".into(),
+                );
+            }
+        }
         if problems.is_empty() {
             return Ok(());
         }

@@ -7,18 +7,23 @@
 //! store work runs off the async threads.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use capgate_authz::{Channel, IssuanceError, Transport, VerifiedToken};
 use capgate_core::task::{EndReason, Intent};
-use rmcp::model::{CallToolResult, Tool as McpTool, ToolAnnotations};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequest, ElicitRequestParams,
+    ElicitResult, ElicitationAction, ElicitationSchema, InputRequest, InputRequests,
+    InputRequiredResult, InputResponses, Tool as McpTool, ToolAnnotations,
+};
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, Peer};
 use serde_json::{Map, Value, json};
 
+use super::approvals::{PENDING_TTL, Resume};
 use super::state::{Binding, SessionState};
 use crate::answer;
 use crate::shared::Shared;
+use crate::telemetry::stateless_protocol;
 
 /// Names of the in-band tools (hosted tools may not take them).
 pub(crate) const TASK_BEGIN: &str = "task_begin";
@@ -26,31 +31,63 @@ pub(crate) const TASK_BEGIN: &str = "task_begin";
 pub(crate) const TASK_END: &str = "task_end";
 
 /// `task_begin`: issues the task and binds this session to it.
+///
+/// A task that needs a human's approval asks for it when `[policy] elicitation_approval` allows:
+/// on 2025 sessions with an `elicitation/create` request, on 2026-07-28 (which has no
+/// server-initiated requests) with an input-required result the client answers by retrying
+/// with the human's answer. Either way a yes becomes `approved_by`, and a no, a dismissal or no
+/// answer leaves the refusal standing.
 pub(super) async fn begin(
     state: &SessionState,
-    args: Option<Map<String, Value>>,
+    request: CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
-) -> Result<CallToolResult, McpError> {
+) -> Result<CallToolResponse, McpError> {
     let token = match state.call_credential(ctx) {
         Ok(t) => t,
-        Err(e) => return Ok(answer::credential(&e)),
+        Err(e) => return Ok(answer::credential(&e).into()),
     };
-    let mut intent: Intent = match serde_json::from_value(Value::Object(args.unwrap_or_default())) {
+    let args = Value::Object(request.arguments.unwrap_or_default());
+    let mut intent: Intent = match serde_json::from_value(args) {
         Ok(i) => i,
-        Err(e) => return Ok(answer::bad_task_request(e.to_string())),
+        Err(e) => return Ok(answer::bad_task_request(e.to_string()).into()),
     };
     // The model cannot vouch for a human: approval comes only from the human, asked
     // through elicitation below.
     if intent.approved_by.is_some() {
         return Ok(answer::bad_task_request(
             "`approved_by` cannot be asserted in-band: when a tool needs approval, capgate asks the human through MCP elicitation".into(),
-        ));
+        ).into());
     }
     let channel = match state.transport {
         Transport::Http => Channel::McpHttp,
         _ => Channel::Stdio,
     };
     let host = &state.host;
+    let asks = host.config.policy.elicitation_approval;
+    let protocol = ctx.protocol_version().map(|v| v.to_string());
+    let round_trips = stateless_protocol(protocol.as_deref());
+
+    // A 2026-07-28 retry carrying the human's answer to a question asked in the round before.
+    let mut answered = false;
+    if let Some(handle) = &request.request_state {
+        if !round_trips || !asks {
+            return Ok(answer::bad_task_request(
+                "`requestState` answers an approval question, which capgate asks only on protocol 2026-07-28 with [policy] elicitation_approval on".into(),
+            ).into());
+        }
+        match host.approvals.take(handle, token.revocation_ids(), &intent) {
+            Ok(()) => {}
+            Err(Resume::Unknown) => return Ok(answer::bad_task_request(
+                "`requestState` names no open approval question (it was answered already, expired after 120 s, or was never asked): call task_begin again without it".into(),
+            ).into()),
+            Err(Resume::Mismatch) => return Ok(answer::bad_task_request(
+                "this retry is not the request the human was asked about (another credential or other arguments): call task_begin again".into(),
+            ).into()),
+        }
+        answered = true;
+        intent.approved_by = approver_in(request.input_responses.as_ref(), ctx);
+    }
+
     let mut outcome = issue(host, &token, intent.clone(), channel).await?;
     if let Err(IssuanceError::Denied {
         refusal,
@@ -58,15 +95,22 @@ pub(super) async fn begin(
         resource,
     }) = &outcome
         && refusal.reason == "approval-required"
-        && host.config.policy.elicitation_approval
-        && let Some(approver) = ask_approval(&ctx.peer, &token, &intent, tool, resource).await
+        && asks
+        && !answered
     {
-        intent.approved_by = Some(approver);
-        outcome = issue(host, &token, intent, channel).await?;
+        let message = approval_message(&token, &intent, tool, resource);
+        if round_trips {
+            if let Some(asking) = ask_by_round_trip(host, &token, &intent, message, ctx) {
+                return Ok(CallToolResponse::InputRequired(asking));
+            }
+        } else if let Some(approver) = ask_approval(&ctx.peer, message).await {
+            intent.approved_by = Some(approver);
+            outcome = issue(host, &token, intent, channel).await?;
+        }
     }
     let task = match outcome {
         Ok(task) => task,
-        Err(e) => return Ok(answer::task_refused(&e)),
+        Err(e) => return Ok(answer::task_refused(&e).into()),
     };
     let verified = host
         .verifier
@@ -76,7 +120,64 @@ pub(super) async fn begin(
         token: verified,
         task_id: task.record.id.clone(),
     });
-    Ok(answer::task_begun(&task))
+    Ok(answer::task_begun(&task).into())
+}
+
+/// The input-required result that asks the human (2026-07-28); `None` when the client cannot
+/// show a form or too many questions are open, and the refusal then stands.
+fn ask_by_round_trip(
+    host: &Shared,
+    token: &VerifiedToken,
+    intent: &Intent,
+    message: String,
+    ctx: &RequestContext<RoleServer>,
+) -> Option<InputRequiredResult> {
+    let caps = ctx.client_capabilities()?;
+    caps.elicitation.as_ref()?;
+    let schema = ElicitationSchema::from_type::<Approval>().ok()?;
+    let handle = host.approvals.ask(token.revocation_ids(), intent)?;
+    let form = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
+        meta: None,
+        message,
+        requested_schema: schema,
+    });
+    let mut questions = InputRequests::new();
+    questions.insert(APPROVAL_KEY.to_owned(), InputRequest::Elicitation(form));
+    Some(InputRequiredResult::new(Some(questions), Some(handle)))
+}
+
+/// The key of the approval question in `inputRequests` / `inputResponses`.
+const APPROVAL_KEY: &str = "approval";
+
+/// The approver a 2026-07-28 retry names: only an accepted form that says yes.
+fn approver_in(
+    responses: Option<&InputResponses>,
+    ctx: &RequestContext<RoleServer>,
+) -> Option<String> {
+    let result: ElicitResult =
+        serde_json::from_value(responses?.get(APPROVAL_KEY)?.clone()).ok()?;
+    if result.action != ElicitationAction::Accept {
+        return None;
+    }
+    let form: Approval = serde_json::from_value(result.content?).ok()?;
+    let client = ctx
+        .client_info()
+        .map(|i| i.name)
+        .unwrap_or_else(|| "client".into());
+    approver_of(form, &client)
+}
+
+/// `Some(approver)` on an explicit yes.
+fn approver_of(form: Approval, client: &str) -> Option<String> {
+    if !form.approve {
+        return None;
+    }
+    Some(
+        form.approver
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| format!("elicitation via {client}")),
+    )
 }
 
 /// `task_end`: ends a task of this agent (by default the one bound to this session).
@@ -167,24 +268,14 @@ struct Approval {
 }
 rmcp::elicit_safe!(Approval);
 
-/// Asks the human, through MCP elicitation, to approve a task. `Some(approver)` only on an
-/// explicit yes; a no, a dismissal, a timeout or a client without elicitation is `None`.
-async fn ask_approval(
-    peer: &Peer<RoleServer>,
-    token: &VerifiedToken,
-    intent: &Intent,
-    tool: &str,
-    resource: &str,
-) -> Option<String> {
-    if peer.supported_elicitation_modes().is_empty() {
-        return None;
-    }
+/// What the human is asked.
+fn approval_message(token: &VerifiedToken, intent: &Intent, tool: &str, resource: &str) -> String {
     let on = if resource.is_empty() {
         "all of its resources".to_owned()
     } else {
         format!("`{resource}`")
     };
-    let message = format!(
+    format!(
         "Agent `{}` (tenant `{}`) asks to begin a task with side effects.\nPurpose: {}\nIt needs `{tool}` on {on}{}.\nApprove?",
         token.identity().agent,
         token.identity().tenant,
@@ -194,27 +285,25 @@ async fn ask_approval(
             .as_deref()
             .map(|w| format!(", on behalf of {w}"))
             .unwrap_or_default(),
-    );
-    match peer
-        .elicit_with_timeout::<Approval>(message, Some(Duration::from_secs(120)))
-        .await
-    {
-        Ok(Some(Approval {
-            approve: true,
-            approver,
-        })) => {
-            let client = peer
-                .peer_info()
-                .map(|i| i.client_info.name.clone())
-                .unwrap_or_else(|| "client".into());
-            Some(
-                approver
-                    .filter(|a| !a.trim().is_empty())
-                    .unwrap_or_else(|| format!("elicitation via {client}")),
-            )
-        }
-        _ => None,
+    )
+}
+
+/// Asks the human, through MCP elicitation (2025 sessions), to approve a task. `Some(approver)`
+/// only on an explicit yes; a no, a dismissal, a timeout or a client without elicitation is
+/// `None`.
+async fn ask_approval(peer: &Peer<RoleServer>, message: String) -> Option<String> {
+    if peer.supported_elicitation_modes().is_empty() {
+        return None;
     }
+    let form = peer
+        .elicit_with_timeout::<Approval>(message, Some(PENDING_TTL))
+        .await
+        .ok()??;
+    let client = peer
+        .peer_info()
+        .map(|i| i.client_info.name.clone())
+        .unwrap_or_else(|| "client".into());
+    approver_of(form, &client)
 }
 
 fn object_schema(v: Value) -> Map<String, Value> {
@@ -235,7 +324,14 @@ pub(super) fn task_begin_tool() -> McpTool {
             "resources": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
                           "description": "Resource prefixes per tool, e.g. {\"fs_read\": [\"docs/\"]}."},
             "ttl": {"type": ["string", "integer"], "description": "Lifetime, e.g. \"15m\" or seconds."},
-            "on_behalf_of": {"type": "string", "description": "Who the task acts for."}
+            "on_behalf_of": {"type": "string", "description": "Who the task acts for."},
+            "budget": {"type": "object", "additionalProperties": false,
+                       "description": "Limits the task accepts: calls in all, per tool, per minute.",
+                       "properties": {
+                           "calls": {"type": "integer", "minimum": 1},
+                           "per_tool": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+                           "per_minute": {"type": "integer", "minimum": 1}
+                       }}
         },
         "required": ["purpose", "tools"],
         "additionalProperties": false

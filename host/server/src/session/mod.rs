@@ -12,6 +12,7 @@
 // capgate also serves, so it stays implemented.
 #![allow(deprecated)]
 
+pub(crate) mod approvals;
 mod credential;
 mod in_band;
 mod state;
@@ -155,11 +156,7 @@ impl ServerHandler for Session {
         let state = &self.state;
         state.observe_request(&context);
         match request.name.as_ref() {
-            TASK_BEGIN => {
-                return in_band::begin(state, request.arguments, &context)
-                    .await
-                    .map(Into::into);
-            }
+            TASK_BEGIN => return in_band::begin(state, request, &context).await,
             TASK_END => {
                 return in_band::end(state, request.arguments, &context)
                     .await
@@ -190,18 +187,29 @@ impl ServerHandler for Session {
                     .map(str::to_owned)
             });
         let name = request.name.to_string();
+        // The model's tool call id, when the client passes it along (`_meta`, under the
+        // attribute's own name).
+        let tool_call_id = context
+            .meta
+            .get("gen_ai.tool.call.id")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .map(str::to_owned);
+        let request_id = context.id.to_string();
         let call = CallRequest {
             name: name.clone(),
             args: request.arguments,
-            request_id: context.id.to_string(),
+            request_id: request_id.clone(),
             protocol: context.protocol_version().map(|v| v.to_string()),
             traceparent,
+            tool_call_id,
             progress_token: context.meta.get_progress_token(),
             depth: 0,
         };
         let caller = Caller {
             token,
             env: state.env(),
+            rpc_id: Some(Arc::from(request_id)),
         };
         let delivery = Delivery {
             peer: Some(context.peer.clone()),

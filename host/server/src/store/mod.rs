@@ -10,11 +10,12 @@ mod sqlite;
 
 use std::time::SystemTime;
 
-use capgate_core::task::{EndReason, TaskRecord};
+use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 
 use crate::error::Error;
 
 pub use sqlite::SqliteStore;
+pub(crate) use sqlite::revocation_reason;
 
 /// A revoked block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +99,12 @@ pub trait TaskStore: Send + Sync {
     fn expired_unended(&self, now: SystemTime) -> Result<Vec<TaskRecord>, Error>;
     /// Ends a task and revokes its block, atomically. Returns the ended record when this call
     /// ended it, `None` when it was already ended (or does not exist).
+    /// `revoked_by` names the rule that revoked it, when one did.
     fn end_task(
         &self,
         id: &str,
         reason: EndReason,
+        revoked_by: Option<&str>,
         at: SystemTime,
     ) -> Result<Option<TaskRecord>, Error>;
     /// Revokes a block by revocation id (e.g. an agent token's authority block); `false` when
@@ -113,6 +116,18 @@ pub trait TaskStore: Send + Sync {
     fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), Error>;
     /// A task's usage, per tool.
     fn usage(&self, task_id: &str) -> Result<Vec<ToolUsage>, Error>;
+    /// Counts one call of `tool` against `task`'s budget unless one of its limits is reached
+    /// (then nothing changes), in one transaction, so that processes sharing the store cannot
+    /// together go over a limit.
+    fn spend_budget(
+        &self,
+        task: &str,
+        tool: &str,
+        budget: &Budget,
+        at: SystemTime,
+    ) -> Result<Result<(), BudgetExhausted>, Error>;
+    /// What has been counted against a task's budget.
+    fn budget_use(&self, task: &str) -> Result<BudgetUse, Error>;
     /// A number that changes whenever any process writes a revocation (ending a task writes
     /// one), so that cached revocations and tasks can be refreshed cheaply and only when needed.
     fn change_counter(&self) -> Result<u64, Error>;

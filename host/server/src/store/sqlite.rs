@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use capgate_core::task::{EndReason, TaskRecord};
+use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
+use rusqlite::TransactionBehavior;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Revocation, TaskStore, ToolUsage, UsageDelta};
@@ -21,7 +22,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
@@ -108,6 +109,28 @@ impl SqliteStore {
             )
             .map_err(self.fail("migrating the schema"))?;
         }
+        if version < 2 {
+            // Budgets (counted before a call runs, exactly, shared by every process on the
+            // file) and what revoked a task.
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE tasks ADD COLUMN revoked_by TEXT;
+                 CREATE TABLE IF NOT EXISTS budget_spent (
+                    task_id       TEXT NOT NULL,
+                    tool          TEXT NOT NULL,
+                    calls         INTEGER NOT NULL,
+                    PRIMARY KEY (task_id, tool)
+                 );
+                 CREATE TABLE IF NOT EXISTS budget_recent (
+                    task_id       TEXT NOT NULL,
+                    at            INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS budget_recent_task ON budget_recent (task_id, at);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .map_err(self.fail("migrating the schema"))?;
+        }
         Ok(())
     }
 
@@ -143,6 +166,14 @@ impl SqliteStore {
     }
 }
 
+/// The reason a task's revocation is stored with, which a refused token's error repeats.
+pub(crate) fn revocation_reason(reason: EndReason, revoked_by: Option<&str>) -> String {
+    match revoked_by {
+        Some(by) => format!("task {} by {by}", reason.as_str()),
+        None => format!("task {}", reason.as_str()),
+    }
+}
+
 /// Times are stored as Unix milliseconds: a task span's start must match the real issuance, not
 /// the second it fell in.
 fn millis(t: SystemTime) -> i64 {
@@ -158,7 +189,7 @@ fn from_millis(ms: i64) -> SystemTime {
 macro_rules! task_columns {
     () => {
         "id, agent, tenant, revocation_id, intent, grant_json, created_at, expires_at, ended_at, \
-         end_reason, trace_id, span_id"
+         end_reason, trace_id, span_id, revoked_by"
     };
 }
 
@@ -169,7 +200,7 @@ const BUMP_REVISION: &str = "UPDATE revision SET value = value + 1 WHERE id = 0"
 const INSERT_TASK: &str = concat!(
     "INSERT INTO tasks (",
     task_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
 );
 const TASK_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = ?1");
 const TASK_BY_REVOCATION_ID: &str = concat!(
@@ -208,6 +239,7 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         end_reason: end_reason.as_deref().and_then(EndReason::parse),
         trace_id: row.get(10)?,
         span_id: row.get(11)?,
+        revoked_by: row.get(12)?,
     })
 }
 
@@ -238,7 +270,8 @@ impl TaskStore for SqliteStore {
             t.ended_at.map(millis),
             t.end_reason.map(EndReason::as_str),
             t.trace_id,
-            t.span_id
+            t.span_id,
+            t.revoked_by
         ])
         .map_err(self.fail("storing a task"))?;
         Ok(())
@@ -276,14 +309,15 @@ impl TaskStore for SqliteStore {
         &self,
         id: &str,
         reason: EndReason,
+        revoked_by: Option<&str>,
         at: SystemTime,
     ) -> Result<Option<TaskRecord>, Error> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.fail("ending a task"))?;
         let changed = tx
             .execute(
-                "UPDATE tasks SET ended_at = ?2, end_reason = ?3 WHERE id = ?1 AND ended_at IS NULL",
-                params![id, millis(at), reason.as_str()],
+                "UPDATE tasks SET ended_at = ?2, end_reason = ?3, revoked_by = ?4 WHERE id = ?1 AND ended_at IS NULL",
+                params![id, millis(at), reason.as_str(), revoked_by],
             )
             .map_err(self.fail("ending a task"))?;
         if changed == 0 {
@@ -296,7 +330,7 @@ impl TaskStore for SqliteStore {
             "INSERT OR IGNORE INTO revocations (revocation_id, reason, task_id, revoked_at) VALUES (?1, ?2, ?3, ?4)",
             params![
                 task.revocation_id,
-                format!("task {}", reason.as_str()),
+                revocation_reason(reason, revoked_by),
                 task.id,
                 millis(at)
             ],
@@ -398,6 +432,97 @@ impl TaskStore for SqliteStore {
             .map_err(self.fail("reading usage"))
     }
 
+    fn spend_budget(
+        &self,
+        task: &str,
+        tool: &str,
+        budget: &Budget,
+        at: SystemTime,
+    ) -> Result<Result<(), BudgetExhausted>, Error> {
+        const DOING: &str = "counting a call against a task's budget";
+        let mut conn = self.lock();
+        // IMMEDIATE: the write lock is taken before the counts are read, so another process
+        // on the same file cannot read the same counts and spend the same last unit.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.fail(DOING))?;
+        let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, Error> {
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.query_row(p, |r| r.get::<_, Option<i64>>(0)))
+                .map(|n| n.unwrap_or(0).max(0) as u64)
+                .map_err(self.fail(DOING))
+        };
+        let exhausted =
+            |limit: String, max: u64, used: u64| Ok(Err(BudgetExhausted { limit, max, used }));
+        if let Some(max) = budget.calls {
+            let used = count(
+                "SELECT SUM(calls) FROM budget_spent WHERE task_id = ?1",
+                &[&task],
+            )?;
+            if used >= max {
+                return exhausted("calls".into(), max, used);
+            }
+        }
+        if let Some(max) = budget.per_tool.get(tool).copied() {
+            let used = count(
+                "SELECT SUM(calls) FROM budget_spent WHERE task_id = ?1 AND tool = ?2",
+                &[&task, &tool],
+            )?;
+            if used >= max {
+                return exhausted(format!("per_tool.{tool}"), max, used);
+            }
+        }
+        let now = millis(at);
+        if let Some(max) = budget.per_minute {
+            tx.execute(
+                "DELETE FROM budget_recent WHERE task_id = ?1 AND at <= ?2",
+                params![task, now - 60_000],
+            )
+            .map_err(self.fail(DOING))?;
+            let used = count(
+                "SELECT COUNT(*) FROM budget_recent WHERE task_id = ?1",
+                &[&task],
+            )?;
+            if used >= max {
+                return exhausted("per_minute".into(), max, used);
+            }
+            tx.execute(
+                "INSERT INTO budget_recent (task_id, at) VALUES (?1, ?2)",
+                params![task, now],
+            )
+            .map_err(self.fail(DOING))?;
+        }
+        tx.execute(
+            "INSERT INTO budget_spent (task_id, tool, calls) VALUES (?1, ?2, 1)
+             ON CONFLICT (task_id, tool) DO UPDATE SET calls = calls + 1",
+            params![task, tool],
+        )
+        .map_err(self.fail(DOING))?;
+        tx.commit().map_err(self.fail(DOING))?;
+        Ok(Ok(()))
+    }
+
+    fn budget_use(&self, task: &str) -> Result<BudgetUse, Error> {
+        const DOING: &str = "reading a task's budget";
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT tool, calls FROM budget_spent WHERE task_id = ?1")
+            .map_err(self.fail(DOING))?;
+        let rows = stmt
+            .query_map([task], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.fail(DOING))?;
+        let mut used = BudgetUse::default();
+        for row in rows {
+            let (tool, n) = row.map_err(self.fail(DOING))?;
+            let n = n.max(0) as u64;
+            used.calls += n;
+            used.per_tool.insert(tool, n);
+        }
+        Ok(used)
+    }
+
     fn change_counter(&self) -> Result<u64, Error> {
         let conn = self.lock();
         let mut stmt = conn
@@ -438,11 +563,13 @@ mod tests {
                 task_id: id.into(),
                 tools,
                 expires_at,
+                budget: None,
             },
             created_at: now,
             expires_at,
             ended_at: None,
             end_reason: None,
+            revoked_by: None,
             trace_id: "0".repeat(32),
             span_id: "1".repeat(16),
         }
@@ -457,11 +584,11 @@ mod tests {
             s.insert_task(&record("t1", "aa", 60)).unwrap();
             assert!(s.task("t1").unwrap().unwrap().is_active(SystemTime::now()));
             let ended = s
-                .end_task("t1", EndReason::Completed, SystemTime::now())
+                .end_task("t1", EndReason::Completed, None, SystemTime::now())
                 .unwrap();
             assert!(ended.is_some());
             assert!(
-                s.end_task("t1", EndReason::Completed, SystemTime::now())
+                s.end_task("t1", EndReason::Completed, None, SystemTime::now())
                     .unwrap()
                     .is_none(),
                 "a task ends once"

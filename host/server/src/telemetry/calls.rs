@@ -74,8 +74,12 @@ impl Telemetry {
         if let Some(p) = r.protocol {
             span.set_attribute("mcp.protocol.version", p.to_owned());
         }
-        if let Some(s) = r.session {
+        // MCP 2026-07-28 has no sessions: its semantic conventions forbid `mcp.session.id` there.
+        if let Some(s) = r.session.filter(|_| !stateless_protocol(r.protocol)) {
             span.set_attribute("mcp.session.id", s.to_owned());
+        }
+        if let Some(id) = r.tool_call_id {
+            span.set_attribute("gen_ai.tool.call.id", id.to_owned());
         }
         let id = r.token.identity();
         span.set_attribute("capgate.agent.id", id.agent.clone());
@@ -100,6 +104,7 @@ impl Telemetry {
 
     /// A call that could not be put to the guard: an unknown tool (a protocol error, `-32602`)
     /// or arguments the schema or the resource function refused (a tool execution error).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn call_invalid(
         &self,
         token: &VerifiedToken,
@@ -108,6 +113,7 @@ impl Telemetry {
         error: &CallError,
         env: &CallEnv,
         started: Instant,
+        rpc_id: Option<&str>,
     ) {
         let (error_type, reason) = match error {
             CallError::UnknownTool { .. } => ("-32602", "unknown_tool"),
@@ -126,6 +132,7 @@ impl Telemetry {
         rec.reason = Some(error.to_string());
         rec.trace_id = trace_id;
         rec.span_id = span_id;
+        rec.jsonrpc_id = rpc_id.map(str::to_owned);
         rec.transport = Some(env.transport.as_str().into());
         if let Err(e) = self.audit.append(&rec) {
             tracing::error!(target: "capgate", error = %chain(&e), "audit record lost");
@@ -141,6 +148,7 @@ impl Telemetry {
         call: &Prepared,
         grant: &Grant,
         env: &CallEnv,
+        rpc_id: Option<&str>,
     ) -> Result<(), Box<Denial>> {
         let tool = call.spec().name.as_str();
         let resource = call.resource().as_str();
@@ -152,6 +160,7 @@ impl Telemetry {
         rec.resource = Some(resource.to_owned());
         rec.trace_id = trace_id;
         rec.span_id = span_id;
+        rec.jsonrpc_id = rpc_id.map(str::to_owned);
         rec.transport = Some(env.transport.as_str().into());
         if let Err(e) = self.audit.append(&rec) {
             let e = chain(&e);
@@ -171,10 +180,17 @@ impl Telemetry {
     }
 
     /// An allowed, recorded call: its span attributes, decision metrics and usage.
-    pub(crate) fn call_allowed(&self, call: &Prepared, grant: &Grant, took: Duration) {
+    pub(crate) fn call_allowed(
+        &self,
+        call: &Prepared,
+        grant: &Grant,
+        took: Duration,
+        target: Option<&str>,
+    ) {
         let tool = call.spec().name.as_str();
         let resource = call.resource().as_str();
         let in_intent = grant.task.declares(tool, resource);
+        self.guardrail_span(Verdict::Allow, tool, target);
         let span = tracing::Span::current();
         span.set_attribute("capgate.decision", "allow");
         span.set_attribute("capgate.resource", resource.to_owned());
@@ -190,6 +206,7 @@ impl Telemetry {
         self.usage.record(&grant.task.id, tool, true, !in_intent);
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn call_denied(
         &self,
         token: &VerifiedToken,
@@ -197,7 +214,10 @@ impl Telemetry {
         env: &CallEnv,
         took: Duration,
         started: Instant,
+        rpc_id: Option<&str>,
+        target: Option<&str>,
     ) {
+        self.guardrail_span(Verdict::Deny(denial), &denial.tool, target);
         let span = tracing::Span::current();
         let in_intent = denial
             .task
@@ -207,6 +227,9 @@ impl Telemetry {
         span.set_attribute("capgate.deny.reason", denial.reason.clone());
         span.set_attribute("capgate.resource", denial.resource.clone());
         span.set_attribute("capgate.intent.match", in_intent);
+        if let Some(f) = &denial.task_revoked {
+            span.set_attribute("capgate.task.revoked_by", f.revoked_by.clone());
+        }
         // A denial is answered with an `isError` result, which the MCP conventions type as
         // `tool_error`; `capgate.decision` tells it apart from a tool that ran and failed.
         span.set_attribute("error.type", TOOL_ERROR);
@@ -221,6 +244,7 @@ impl Telemetry {
         rec.reason = Some(format!("{}: {}", denial.reason, denial.message));
         rec.trace_id = trace_id;
         rec.span_id = span_id;
+        rec.jsonrpc_id = rpc_id.map(str::to_owned);
         rec.transport = Some(env.transport.as_str().into());
         if let Err(e) = self.audit.append(&rec) {
             tracing::error!(target: "capgate", error = %chain(&e), "audit record lost");
@@ -306,6 +330,67 @@ impl Telemetry {
             ],
         );
     }
+}
+
+/// A guard decision, as the GenAI guardrail conventions describe it.
+pub(crate) enum Verdict<'a> {
+    Allow,
+    Deny(&'a Denial),
+}
+
+impl Telemetry {
+    /// The `run_guardrail capgate` span of one decision (GenAI security conventions), a child of
+    /// the call span, so that backends that understand guardrails show capgate's verdicts. Only
+    /// built when spans are exported.
+    fn guardrail_span(&self, verdict: Verdict<'_>, tool: &str, target: Option<&str>) {
+        if self.tracer.is_none() {
+            return;
+        }
+        let span = tracing::info_span!(
+            target: "capgate::call",
+            "run_guardrail",
+            otel.name = "run_guardrail capgate",
+            otel.kind = "internal",
+        );
+        span.set_attribute("gen_ai.operation.name", "run_guardrail");
+        span.set_attribute("gen_ai.guardrail.component.name", "capgate");
+        span.set_attribute("gen_ai.guardrail.target.type", "input");
+        span.set_attribute("gen_ai.guardrail.target.subtype", "tool_call");
+        span.set_attribute("gen_ai.tool.name", tool.to_owned());
+        if let Some(t) = target {
+            span.set_attribute("gen_ai.guardrail.target.id", t.to_owned());
+        }
+        match verdict {
+            Verdict::Allow => {
+                span.set_attribute("gen_ai.guardrail.verdict.type", "allow");
+                span.set_attribute("gen_ai.guardrail.action.type", "allow");
+            }
+            Verdict::Deny(d) => {
+                span.set_attribute("gen_ai.guardrail.verdict.type", "deny");
+                span.set_attribute("gen_ai.guardrail.action.type", "block");
+                span.set_attribute("gen_ai.guardrail.verdict.reason", d.message.clone());
+                // The failed rule is the policy: a policy file's `// rule:` name, or the
+                // built-in check (`tool_not_granted`, `budget_exhausted`, ...).
+                span.set_attribute("gen_ai.guardrail.security.policy.id", d.reason.clone());
+                if let Some(c) = d.failed_checks.first() {
+                    span.set_attribute("gen_ai.guardrail.security.policy.rule.id", c.rule.clone());
+                }
+                if !d.fault {
+                    span.set_attribute(
+                        "gen_ai.guardrail.security.risk.category",
+                        "excessive_agency",
+                    );
+                }
+            }
+        }
+        // Entered and left at once: the decision has already been made.
+        drop(span.enter());
+    }
+}
+
+/// Whether a protocol revision is the stateless one (2026-07-28 and later): no sessions.
+pub(crate) fn stateless_protocol(protocol: Option<&str>) -> bool {
+    protocol.is_some_and(|p| p >= "2026-07-28")
 }
 
 /// The caller's span context from a W3C `traceparent` value, read by OpenTelemetry's own

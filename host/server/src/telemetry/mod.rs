@@ -22,6 +22,7 @@
 
 pub mod audit;
 mod calls;
+pub(crate) use calls::stateless_protocol;
 mod issuance;
 pub mod otel;
 mod summary;
@@ -63,6 +64,7 @@ pub(crate) struct CallRecord<'a> {
     pub(crate) session: Option<&'a str>,
     pub(crate) transport: Transport,
     pub(crate) traceparent: Option<&'a str>,
+    pub(crate) tool_call_id: Option<&'a str>,
     pub(crate) task: Option<&'a TaskRecord>,
     pub(crate) token: &'a VerifiedToken,
     pub(crate) nested: bool,
@@ -207,7 +209,13 @@ impl Telemetry {
                 Some(sc.span_id().to_string()),
             )
         } else {
-            (fallback_trace.map(str::to_owned), None)
+            // No span is exported: the line still gets an id of its own, so that a decision
+            // can be named (and told apart from its neighbours) without a tracing backend.
+            let id = uuid::Uuid::new_v4();
+            (
+                fallback_trace.map(str::to_owned),
+                Some(hex::encode(&id.as_bytes()[..8])),
+            )
         }
     }
 
@@ -244,6 +252,28 @@ impl Telemetry {
 
 impl TaskObserver for Telemetry {
     fn task_ended(&self, task: &TaskRecord) {
+        // One `end` line per task: only the process whose store write ended it is told.
+        let reason = task.end_reason.map(|r| r.as_str()).unwrap_or("completed");
+        let mut rec = AuditRecord::now(
+            "end",
+            &task
+                .grant
+                .tools
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(","),
+            reason,
+        );
+        rec.task = Some(task.id.clone());
+        rec.agent = Some(task.agent.clone());
+        rec.tenant = Some(task.tenant.clone());
+        rec.reason = Some(task.revoked_by.clone().unwrap_or_else(|| reason.to_owned()));
+        rec.trace_id = Some(task.trace_id.clone());
+        rec.span_id = Some(task.span_id.clone());
+        if let Err(e) = self.audit.append(&rec) {
+            tracing::error!(target: "capgate", task = %task.id, error = %capgate_core::error::chain(&e), "audit record of a task's end lost");
+        }
         if let Some(t) = &self.task_spans {
             t.ended(task);
         }

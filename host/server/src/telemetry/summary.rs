@@ -199,6 +199,17 @@ impl Builder {
         if let Some(a) = &task.intent.approved_by {
             attrs.push(KeyValue::new("capgate.intent.approved_by", a.clone()));
         }
+        if let Some(by) = &task.revoked_by {
+            attrs.push(KeyValue::new("capgate.task.revoked_by", by.clone()));
+        }
+        if let Some(b) = &task.grant.budget {
+            if let Some(n) = b.calls {
+                attrs.push(KeyValue::new("capgate.grant.budget.calls", count(n)));
+            }
+            if let Some(n) = b.per_minute {
+                attrs.push(KeyValue::new("capgate.grant.budget.per_minute", count(n)));
+            }
+        }
         let name = format!("task {}", truncate(&task.intent.purpose, 40));
         let tracer = &self.tracer;
         // The ids every call span was given as parent at issuance; an empty parent context, so

@@ -67,8 +67,12 @@ pub struct AuditRecord {
     pub reason: Option<String>,
     /// The trace the decision belongs to.
     pub trace_id: Option<String>,
-    /// The span that recorded it.
+    /// The span that recorded it. When no spans are exported, a fresh id that names the
+    /// decision all the same.
     pub span_id: Option<String>,
+    /// The JSON-RPC id of the request that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc_id: Option<String>,
     /// `stdio`, `http`, `cli`.
     pub transport: Option<String>,
     /// A checkpoint's signature (hex Ed25519 by the root key of [`checkpoint_message`]).
@@ -93,6 +97,7 @@ impl AuditRecord {
             reason: None,
             trace_id: None,
             span_id: None,
+            jsonrpc_id: None,
             transport: None,
             sig: None,
         }

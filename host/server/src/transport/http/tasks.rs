@@ -116,6 +116,7 @@ async fn issue(
             "token": task.token,
             "expires_at": rfc3339(r.expires_at),
             "granted": r.grant.tools,
+            "budget": r.grant.budget,
             "trace_id": r.trace_id,
         })),
     )
