@@ -600,6 +600,28 @@ fn pipeline(c: &mut Criterion, fx: &Fixture) {
                 .is_ok()
         })
     });
+    // A budgeted token pays for its count: one SQLite transaction per allowed call, side by
+    // side with the same call under a 3-block token whose extra block only narrows.
+    let append = |code: &str| {
+        Biscuit::from_base64(fx.token(2), fx.root)
+            .expect("parse")
+            .append(BlockBuilder::new().code(code).expect("block"))
+            .expect("append")
+            .to_base64()
+            .expect("encode")
+    };
+    let narrowed = append("check if resource($r), $r.starts_with(\"/docs/\");");
+    let budgeted = append("budget_calls(1000000000);");
+    for (name, token) in [("narrowing", &narrowed), ("budget", &budgeted)] {
+        rt.block_on(fx.host.call(token, "doc_read", fx.call_args.clone()))
+            .expect("allowed");
+        g.bench_function(format!("Host::call doc_read/3 ({name} block)"), |b| {
+            b.iter(|| {
+                rt.block_on(fx.host.call(token, "doc_read", fx.call_args.clone()))
+                    .is_ok()
+            })
+        });
+    }
     // The tool's own work, run as the tool runs it (an async body on the same runtime), but
     // without capgate around it: a tool cannot be called outside the door, so the floor calls
     // the body the tool is built from.

@@ -494,10 +494,28 @@ async fn elicitation_approval_is_off_unless_the_operator_turns_it_on() {
     let client = yes.connect(&cg, &agent).await;
     let intent =
         json!({"purpose": "Save", "tools": ["fs_write"], "resources": {"fs_write": ["acme/out/"]}});
-    let d = call_denied(&client, "task_begin", intent).await;
+    let d = call_denied(&client, "task_begin", intent.clone()).await;
     assert_eq!(d["reason"], "approval-required");
     assert!(yes.asked.lock().unwrap().is_empty(), "nobody was asked");
     client.cancel().await.unwrap();
+    // Nor does an answer count that was never asked for, on either protocol.
+    let client = yes.connect_2026(&cg, &agent).await;
+    let mut retry = CallToolRequestParams::new("task_begin")
+        .with_arguments(args(intent))
+        .with_request_state("0123456789abcdef".to_owned());
+    retry.input_responses = Some(
+        [(
+            "approval".to_owned(),
+            json!({"action": "accept", "content": {"approve": true, "approver": "Alice"}}),
+        )]
+        .into(),
+    );
+    let r = client.call_tool(retry).await.unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).contains("elicitation_approval"), "{r:?}");
+    assert!(yes.asked.lock().unwrap().is_empty(), "nobody was asked");
+    client.cancel().await.unwrap();
+    assert_eq!(cg.task_list().lines().count(), 0, "nothing was issued");
 }
 
 #[tokio::test(flavor = "multi_thread")]

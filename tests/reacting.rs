@@ -468,3 +468,49 @@ async fn an_issuance_policy_can_demand_a_budget() {
     cg.begin_cli(&agent, "read", &["fs_read"], &["fs_read=acme/docs/"], &[])
         .expect("a read task");
 }
+
+/// Refusals that are not the task misbehaving do not count toward the anomaly rules: a budget
+/// reached, and a sub-agent's own narrower token running out (its block expired). A sub-agent
+/// block that derives a budget by a rule admits nothing (the budget is read without the call's
+/// facts, so a conditional limit cannot be honoured as written).
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_reached_and_expired_sub_tokens_do_not_revoke_the_task() {
+    let cg = Capgate::with_config("[anomaly]\nrevoke_after_denials = 2\n");
+    let agent = writer(&cg);
+    let v = cg
+        .begin_cli(
+            &agent,
+            "one write",
+            &["fs_write"],
+            &["fs_write=acme/out/"],
+            &["--approved-by", "tester", "--budget-calls", "1"],
+        )
+        .unwrap();
+    let (id, task) = (v["task_id"].as_str().unwrap(), v["token"].as_str().unwrap());
+    let client = cg.stdio_client(Some(task)).await;
+    write_ok(&client, "acme/out/1.txt").await;
+    for i in 2..6 {
+        let d = write_refused(&cg, &client, &format!("acme/out/{i}.txt")).await;
+        assert_eq!(d["reason"], "budget_exhausted", "{d}");
+        assert!(d.get("task_revoked").is_none(), "{d}");
+    }
+    client.cancel().await.unwrap();
+    let expired = attenuate(task, "check if time($t), $t <= 2001-01-01T00:00:00Z;");
+    let client = cg.stdio_client(Some(&expired)).await;
+    for i in 0..4 {
+        let d = write_refused(&cg, &client, &format!("acme/out/e{i}.txt")).await;
+        assert_eq!(d["reason"], "token_expired", "{d}");
+    }
+    client.cancel().await.unwrap();
+    assert!(
+        cg.show_task(id)["task"]["end_reason"].is_null(),
+        "the task is still live"
+    );
+
+    let (_, task) = cg.task(&agent, &["fs_write"], &["fs_write=acme/out/"]);
+    let ruled = attenuate(&task, "budget_calls(1000) <- tool(\"fs_write\");");
+    let client = cg.stdio_client(Some(&ruled)).await;
+    let d = write_refused(&cg, &client, "acme/out/r.txt").await;
+    assert_eq!(d["reason"], "budget_exhausted", "{d}");
+    client.cancel().await.unwrap();
+}

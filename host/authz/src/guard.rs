@@ -193,6 +193,8 @@ pub struct Guard {
     cache: Option<quick_cache::sync::Cache<String, CacheEntry>>,
     /// `None` when every anomaly rule is off.
     watch: Option<Watch>,
+    /// Revocations anomaly rules decided but the store could not take yet, by task id.
+    owed: std::sync::Mutex<std::collections::HashMap<String, Fired>>,
     stats: GuardStats,
 }
 
@@ -237,6 +239,7 @@ impl Guard {
             settings,
             cache,
             watch,
+            owed: Default::default(),
             stats: GuardStats::default(),
         }
     }
@@ -322,7 +325,9 @@ impl Guard {
     }
 
     /// Puts a decision to the anomaly rules; when one fires, the task is revoked before the
-    /// caller hears the answer, and the answer says so.
+    /// caller hears the answer, and the answer says so. A task whose revocation could not be
+    /// written (the store was down) is refused here until it can be: a rule that fired never
+    /// lapses because the store recovered.
     fn watch(
         &self,
         decision: Result<Grant, Box<Denial>>,
@@ -335,14 +340,27 @@ impl Guard {
         let resource = call.resource().as_str();
         let task = match &decision {
             Ok(g) => Arc::clone(&g.task),
-            // capgate's own faults are not the caller's attempts, and a token already revoked
-            // or expired has no live task left to revoke.
-            Err(d) if d.fault => return decision,
             Err(d) => match d.task.as_ref().filter(|t| t.is_active(SystemTime::now())) {
                 Some(t) => Arc::clone(t),
                 None => return decision,
             },
         };
+        if let Some(owed) = self.owed_revocation(&task.id) {
+            return Err(self.revoke_owed(&task, &owed, call));
+        }
+        // Only the caller's own attempts count: not capgate's faults, not a Datalog run cut
+        // off by a busy machine, not a budget reached (its answer says to wait or to ask for
+        // more), and not a token whose own later block expired or was revoked (a sub-agent's
+        // narrower token running out is not the task misbehaving).
+        if let Err(d) = &decision
+            && (d.fault
+                || matches!(
+                    d.reason.as_str(),
+                    "budget_exhausted" | "run_limit" | "token_expired" | "token_revoked"
+                ))
+        {
+            return decision;
+        }
         let attempt = Attempt {
             task: &task.id,
             tool,
@@ -353,23 +371,40 @@ impl Guard {
         let Some(fired) = watch.observe(attempt, Instant::now()) else {
             return decision;
         };
-        match self
+        tracing::warn!(
+            task = %task.id,
+            agent = %task.agent,
+            rule = %fired.revoked_by,
+            "anomaly rule fired: {}",
+            fired.detail
+        );
+        if let Err(e) = self
             .book
             .end_task(&task.id, EndReason::Revoked, Some(&fired.revoked_by))
         {
-            Ok(_) => tracing::warn!(
-                task = %task.id,
-                agent = %task.agent,
-                rule = %fired.revoked_by,
-                "task revoked: {}",
-                fired.detail
-            ),
-            Err(e) => tracing::error!(
+            tracing::error!(
                 task = %task.id,
                 rule = %fired.revoked_by,
                 error = %chain(&e),
-                "an anomaly rule fired but the task could not be revoked; its calls are refused while the store is unavailable"
-            ),
+                "the task could not be revoked; its calls are refused until the revocation is written"
+            );
+            self.owed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(task.id.clone(), fired.clone());
+            let mut d = Denial::fault(
+                "store_unavailable",
+                format!(
+                    "anomaly rule `{}` fired ({}), and capgate could not yet record the task's revocation ({}); the task's calls are refused until it can: this is capgate's fault",
+                    fired.revoked_by,
+                    fired.detail,
+                    chain(&e)
+                ),
+                call,
+                Some(task),
+            );
+            d.task_revoked = Some(fired);
+            return Err(Box::new(d));
         }
         let told = format!(
             "this attempt ended the task: anomaly rule `{}` fired ({}); the task's access is revoked, with every token derived from it; begin a new task to go on",
@@ -384,6 +419,50 @@ impl Guard {
         };
         denial.task_revoked = Some(fired);
         Err(denial)
+    }
+
+    fn owed_revocation(&self, task: &str) -> Option<Fired> {
+        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        if owed.is_empty() {
+            return None;
+        }
+        owed.get(task).cloned()
+    }
+
+    /// Tries again to write a revocation an anomaly rule owes; refuses the call either way.
+    fn revoke_owed(&self, task: &Arc<TaskRecord>, fired: &Fired, call: &Prepared) -> Box<Denial> {
+        match self
+            .book
+            .end_task(&task.id, EndReason::Revoked, Some(&fired.revoked_by))
+        {
+            Ok(_) => {
+                self.owed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&task.id);
+                let mut d = Denial::new(
+                    "token_revoked",
+                    format!(
+                        "the task was revoked by {} ({})",
+                        fired.revoked_by, fired.detail
+                    ),
+                    call,
+                    Some(Arc::clone(task)),
+                );
+                d.task_revoked = Some(fired.clone());
+                Box::new(d)
+            }
+            Err(e) => Box::new(Denial::fault(
+                "store_unavailable",
+                format!(
+                    "anomaly rule `{}` revoked this task, and capgate cannot record it yet ({}); its calls are refused until it can: this is capgate's fault",
+                    fired.revoked_by,
+                    chain(&e)
+                ),
+                call,
+                Some(Arc::clone(task)),
+            )),
+        }
     }
 
     /// The decision itself: revocation, expiry, the cache or Datalog.

@@ -100,6 +100,14 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Where an in-band `task_begin` over this transport comes from.
+    pub fn in_band(transport: crate::guard::Transport) -> Self {
+        match transport {
+            crate::guard::Transport::Http => Channel::McpHttp,
+            crate::guard::Transport::Stdio | crate::guard::Transport::InProcess => Channel::Stdio,
+        }
+    }
+
     /// The fact value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -476,6 +484,8 @@ impl Issuer {
         identity: &Identity,
         tool: &str,
         resource: &str,
+        purpose: &str,
+        budget: Option<&Budget>,
         channel: Channel,
     ) -> Result<(String, bool), String> {
         if !identity.rights.iter().any(|r| r == tool) {
@@ -508,10 +518,10 @@ impl Issuer {
             channel,
             request_tenant: &identity.tenant,
             ttl: self.default_ttl.min(self.max_ttl),
-            purpose: "(dry run)",
+            purpose,
             on_behalf_of: None,
             approved_by: None,
-            budget: None,
+            budget,
             now: SystemTime::now(),
         };
         // The identity's facts stand in for the authority block they were read from.

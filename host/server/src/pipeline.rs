@@ -98,26 +98,33 @@ impl Pipeline {
                 return;
             }
         }
-        let channel = match caller.env.transport {
-            Transport::Stdio => Channel::Stdio,
-            Transport::Http => Channel::McpHttp,
-            Transport::InProcess => Channel::Cli,
-        };
+        let channel = Channel::in_band(caller.env.transport);
         let identity = caller.token.identity();
+        // The arguments suggested are the ones the dry run judges: the denied task's purpose
+        // (or a placeholder the model must replace) and its budget, if it had one.
         let purpose = d
             .task
             .as_ref()
             .map(|t| t.intent.purpose.clone())
-            .unwrap_or_default();
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or_else(|| "<why this task exists>".into());
+        let budget = d.task.as_ref().and_then(|t| t.grant.budget.clone());
         let mut remedy = json!({ "needed": needed });
-        match self
-            .issuer
-            .could_grant(identity, &d.tool, &d.resource, channel)
-        {
+        match self.issuer.could_grant(
+            identity,
+            &d.tool,
+            &d.resource,
+            &purpose,
+            budget.as_ref(),
+            channel,
+        ) {
             Ok((prefix, approval)) => {
                 let mut args = json!({"purpose": purpose, "tools": [d.tool]});
                 if !prefix.is_empty() {
                     args["resources"] = json!({ d.tool.as_str(): [prefix] });
+                }
+                if let Some(b) = &budget {
+                    args["budget"] = json!(b);
                 }
                 remedy["task_begin"] = args;
                 remedy["advice"] = json!(if approval {

@@ -145,3 +145,82 @@ async fn a_store_failure_is_a_server_fault_result_on_a_call() {
     );
     client.cancel().await.unwrap();
 }
+
+/// An anomaly rule that fires while the store cannot take the revocation: the task's calls are
+/// refused (as capgate's fault) until it can, and then the revocation is written; the rule never
+/// lapses because the store came back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anomaly_revocation_the_store_cannot_take_yet_is_owed_not_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailingStore::open(&dir.path().join("faulty.sqlite3")));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let note = counting("note", Operation::Read, Some("/notes/"), &runs);
+    let s = Arc::clone(&store);
+    let scratch = Scratch::new(
+        "[guard]\nstore_poll = \"0s\"\n[anomaly]\nrevoke_after_denials = 2\n",
+        move |b| b.store(s).tool(note).unwrap(),
+    );
+    let agent = scratch.agent("a", "acme", &["note"]);
+    let mut i = intent("p", &["note"]);
+    i.resources
+        .insert("note".into(), vec!["/notes/mine".into()]);
+    let task = scratch.issue(&agent, i).unwrap();
+    let client = stdio_client(&scratch.host, &task.token).await;
+    let result = |r: rmcp::model::CallToolResult| r.structured_content.unwrap()["capgate"].clone();
+
+    store.fail_ends(true);
+    let d = result(
+        call(&client, "note", json!({"path": "other"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(d["reason"], "resource_not_granted", "{d}");
+    let d = result(
+        call(&client, "note", json!({"path": "other"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        d["fault"], "server",
+        "the revocation is not written yet: {d}"
+    );
+    assert!(text_of(&d).contains("revoke"), "{d}");
+    // Inside the grant, the task is refused all the same while the revocation is owed.
+    let d = result(
+        call(&client, "note", json!({"path": "mine"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(d["fault"], "server", "{d}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing ran");
+
+    store.fail_ends(false);
+    let d = result(
+        call(&client, "note", json!({"path": "mine"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(d["reason"], "token_revoked", "{d}");
+    let stored = scratch
+        .host
+        .ledger()
+        .task(&task.record.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.revoked_by.as_deref(),
+        Some("anomaly:revoke_after_denials")
+    );
+    let d = result(
+        call(&client, "note", json!({"path": "mine"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(d["reason"], "token_revoked", "{d}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing ran");
+    client.cancel().await.unwrap();
+}
+
+fn text_of(d: &Value) -> String {
+    d["message"].as_str().unwrap_or_default().to_owned()
+}

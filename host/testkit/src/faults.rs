@@ -16,6 +16,7 @@ pub struct FailingStore {
     inner: SqliteStore,
     failing: AtomicBool,
     failing_revocations: AtomicBool,
+    failing_ends: AtomicBool,
     lookups: AtomicU64,
 }
 
@@ -26,6 +27,7 @@ impl FailingStore {
             inner: SqliteStore::open(path).expect("open the store"),
             failing: AtomicBool::new(false),
             failing_revocations: AtomicBool::new(false),
+            failing_ends: AtomicBool::new(false),
             lookups: AtomicU64::new(0),
         }
     }
@@ -39,6 +41,11 @@ impl FailingStore {
     /// answers, so a reader learns that something changed and then cannot read it).
     pub fn fail_revocations(&self, on: bool) {
         self.failing_revocations.store(on, Ordering::SeqCst);
+    }
+
+    /// Switches failing on or off for ending tasks only (everything else keeps working).
+    pub fn fail_ends(&self, on: bool) {
+        self.failing_ends.store(on, Ordering::SeqCst);
     }
 
     /// How many times a task was looked up by revocation id.
@@ -91,6 +98,7 @@ impl TaskStore for FailingStore {
         at: SystemTime,
     ) -> Result<Option<TaskRecord>, Error> {
         self.check()?;
+        self.check_if(&self.failing_ends)?;
         self.inner.end_task(id, reason, revoked_by, at)
     }
     fn spend_budget(

@@ -116,7 +116,7 @@ impl VerifiedToken {
             }
         }
         let (facts, rules, checks, _) = authorizer.dump();
-        let budget = budget_of(&facts);
+        let budget = budget_of(&facts, &rules);
         let mut strings = BTreeSet::new();
         let mut time_bounds = Vec::new();
         for f in &facts {
@@ -231,9 +231,20 @@ impl VerifiedToken {
 
 /// The budget facts of every block, each limit at its lowest. A budget fact that is not
 /// well-formed (a string where a number belongs, a negative number) counts as a limit of 0:
-/// a token that says it is limited, in a way capgate cannot read, admits nothing.
-fn budget_of(facts: &[builder::Fact]) -> Budget {
+/// a token that says it is limited, in a way capgate cannot read, admits nothing. So does a
+/// rule deriving a budget fact: the budget is read once, without a call's facts, so a
+/// conditional limit (`budget_calls(1) <- tool("fs_write")`) could not be honoured as written.
+fn budget_of(facts: &[builder::Fact], rules: &[builder::Rule]) -> Budget {
     let mut budget = Budget::default();
+    let is_budget = |name: &str| {
+        matches!(
+            name,
+            vocab::BUDGET_CALLS | vocab::BUDGET_PER_MINUTE | vocab::BUDGET_TOOL
+        )
+    };
+    if rules.iter().any(|r| is_budget(&r.head.name)) {
+        budget.calls = Some(0);
+    }
     let count = |t: &Term| match t {
         Term::Integer(n) => u64::try_from(*n).unwrap_or(0),
         _ => 0,

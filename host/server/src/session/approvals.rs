@@ -17,8 +17,11 @@ use capgate_core::task::Intent;
 pub(crate) const PENDING_TTL: Duration = Duration::from_secs(120);
 /// Most questions open at once across the host.
 const MAX_PENDING: usize = 4096;
+/// Most questions one agent may have open: one agent cannot crowd out the others'.
+const MAX_PENDING_PER_AGENT: usize = 8;
 
 struct Pending {
+    agent: String,
     token_ids: Vec<String>,
     intent: Intent,
     asked: Instant,
@@ -40,17 +43,20 @@ pub(crate) enum Resume {
 }
 
 impl PendingApprovals {
-    /// Records a question; `None` when too many are open.
-    pub(crate) fn ask(&self, token_ids: &[String], intent: &Intent) -> Option<String> {
+    /// Records a question; `None` when too many are open (for this agent, or in all).
+    pub(crate) fn ask(&self, agent: &str, token_ids: &[String], intent: &Intent) -> Option<String> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, p| p.asked.elapsed() < PENDING_TTL);
-        if open.len() >= MAX_PENDING {
+        if open.len() >= MAX_PENDING
+            || open.values().filter(|p| p.agent == agent).count() >= MAX_PENDING_PER_AGENT
+        {
             return None;
         }
         let handle = uuid::Uuid::new_v4().simple().to_string();
         open.insert(
             handle.clone(),
             Pending {
+                agent: agent.to_owned(),
                 token_ids: token_ids.to_vec(),
                 intent: intent.clone(),
                 asked: Instant::now(),
@@ -92,7 +98,7 @@ mod tests {
             tools: vec!["fs_write".into()],
             ..Default::default()
         };
-        let h = p.ask(&ids, &intent).unwrap();
+        let h = p.ask("a", &ids, &intent).unwrap();
         let other = Intent {
             purpose: "y".into(),
             ..intent.clone()
@@ -100,14 +106,28 @@ mod tests {
         assert_eq!(p.take(&h, &ids, &other), Err(Resume::Mismatch));
         // A mismatch spends the handle: the question must be asked again.
         assert_eq!(p.take(&h, &ids, &intent), Err(Resume::Unknown));
-        let h = p.ask(&ids, &intent).unwrap();
+        let h = p.ask("a", &ids, &intent).unwrap();
         assert_eq!(
             p.take(&h, &["a".to_owned()], &intent),
             Err(Resume::Mismatch)
         );
-        let h = p.ask(&ids, &intent).unwrap();
+        let h = p.ask("a", &ids, &intent).unwrap();
         assert_eq!(p.take(&h, &ids, &intent), Ok(()));
         assert_eq!(p.take(&h, &ids, &intent), Err(Resume::Unknown));
         assert_eq!(p.take("forged", &ids, &intent), Err(Resume::Unknown));
+    }
+
+    #[test]
+    fn one_agent_cannot_fill_the_book() {
+        let p = PendingApprovals::default();
+        let intent = Intent::default();
+        for _ in 0..MAX_PENDING_PER_AGENT {
+            assert!(p.ask("greedy", &[], &intent).is_some());
+        }
+        assert!(p.ask("greedy", &[], &intent).is_none());
+        assert!(
+            p.ask("other", &[], &intent).is_some(),
+            "others are still asked"
+        );
     }
 }

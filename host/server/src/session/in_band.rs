@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use capgate_authz::{Channel, IssuanceError, Transport, VerifiedToken};
+use capgate_authz::{Channel, IssuanceError, VerifiedToken};
 use capgate_core::task::{EndReason, Intent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequest, ElicitRequestParams,
@@ -58,10 +58,7 @@ pub(super) async fn begin(
             "`approved_by` cannot be asserted in-band: when a tool needs approval, capgate asks the human through MCP elicitation".into(),
         ).into());
     }
-    let channel = match state.transport {
-        Transport::Http => Channel::McpHttp,
-        _ => Channel::Stdio,
-    };
+    let channel = Channel::in_band(state.transport);
     let host = &state.host;
     let asks = host.config.policy.elicitation_approval;
     let protocol = ctx.protocol_version().map(|v| v.to_string());
@@ -89,16 +86,12 @@ pub(super) async fn begin(
     }
 
     let mut outcome = issue(host, &token, intent.clone(), channel).await?;
-    if let Err(IssuanceError::Denied {
-        refusal,
-        tool,
-        resource,
-    }) = &outcome
+    if let Err(IssuanceError::Denied { refusal, .. }) = &outcome
         && refusal.reason == "approval-required"
         && asks
         && !answered
     {
-        let message = approval_message(&token, &intent, tool, resource);
+        let message = approval_message(&token, &intent);
         if round_trips {
             if let Some(asking) = ask_by_round_trip(host, &token, &intent, message, ctx) {
                 return Ok(CallToolResponse::InputRequired(asking));
@@ -135,7 +128,9 @@ fn ask_by_round_trip(
     let caps = ctx.client_capabilities()?;
     caps.elicitation.as_ref()?;
     let schema = ElicitationSchema::from_type::<Approval>().ok()?;
-    let handle = host.approvals.ask(token.revocation_ids(), intent)?;
+    let handle = host
+        .approvals
+        .ask(&token.identity().agent, token.revocation_ids(), intent)?;
     let form = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
         meta: None,
         message,
@@ -268,23 +263,41 @@ struct Approval {
 }
 rmcp::elicit_safe!(Approval);
 
-/// What the human is asked.
-fn approval_message(token: &VerifiedToken, intent: &Intent, tool: &str, resource: &str) -> String {
-    let on = if resource.is_empty() {
-        "all of its resources".to_owned()
-    } else {
-        format!("`{resource}`")
-    };
+/// What the human is asked: everything the approval will cover, since `approved_by` applies
+/// to every tool and prefix of the request, not only the one that needed it.
+fn approval_message(token: &VerifiedToken, intent: &Intent) -> String {
+    let mut needs = Vec::new();
+    for tool in &intent.tools {
+        match intent.resources.get(tool).filter(|r| !r.is_empty()) {
+            Some(prefixes) => needs.push(format!("`{tool}` on {}", prefixes.join(", "))),
+            None => needs.push(format!("`{tool}` on all the resources the agent may use")),
+        }
+    }
+    let mut extra = String::new();
+    if let Some(w) = &intent.on_behalf_of {
+        extra.push_str(&format!("\nOn behalf of: {w}"));
+    }
+    if let Some(ttl) = &intent.ttl {
+        extra.push_str(&format!(
+            "\nFor: {}",
+            match ttl {
+                capgate_core::task::Ttl::Seconds(s) => format!("{s} s"),
+                capgate_core::task::Ttl::Text(t) => t.clone(),
+            }
+        ));
+    }
+    if let Some(b) = &intent.budget {
+        extra.push_str(&format!(
+            "\nBudget: {}",
+            serde_json::to_string(b).unwrap_or_default()
+        ));
+    }
     format!(
-        "Agent `{}` (tenant `{}`) asks to begin a task with side effects.\nPurpose: {}\nIt needs `{tool}` on {on}{}.\nApprove?",
+        "Agent `{}` (tenant `{}`) asks to begin a task with side effects.\nPurpose: {}\nIt needs {}.{extra}\nApprove?",
         token.identity().agent,
         token.identity().tenant,
         intent.purpose,
-        intent
-            .on_behalf_of
-            .as_deref()
-            .map(|w| format!(", on behalf of {w}"))
-            .unwrap_or_default(),
+        needs.join("; "),
     )
 }
 

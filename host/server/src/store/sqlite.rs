@@ -24,49 +24,8 @@ pub struct SqliteStore {
 
 const SCHEMA_VERSION: i64 = 2;
 
-impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, Error> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        }
-        let conn = Connection::open(path).map_err(|source| Error::Store {
-            path: path.to_path_buf(),
-            doing: "opening",
-            source,
-        })?;
-        let store = SqliteStore {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&self) -> Result<(), Error> {
-        let conn = self.lock();
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(self.fail("migrating the schema"))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA foreign_keys = ON;",
-        )
-        .map_err(self.fail("migrating the schema"))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(self.fail("migrating the schema"))?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                path: self.path.clone(),
-                found: version,
-                known: SCHEMA_VERSION,
-            });
-        }
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN;
+/// Schema version 1: tasks, revocations, usage and the revision counter.
+const SCHEMA_V1: &str = "
                  CREATE TABLE IF NOT EXISTS tasks (
                     id            TEXT PRIMARY KEY,
                     agent         TEXT NOT NULL,
@@ -104,17 +63,11 @@ impl SqliteStore {
                     value         INTEGER NOT NULL
                  );
                  INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )
-            .map_err(self.fail("migrating the schema"))?;
-        }
-        if version < 2 {
-            // Budgets (counted before a call runs, exactly, shared by every process on the
-            // file) and what revoked a task.
-            conn.execute_batch(
-                "BEGIN;
-                 ALTER TABLE tasks ADD COLUMN revoked_by TEXT;
+";
+
+/// Schema version 2 (besides `tasks.revoked_by`): budgets, counted before a call runs, exactly,
+/// shared by every process on the file.
+const SCHEMA_V2: &str = "
                  CREATE TABLE IF NOT EXISTS budget_spent (
                     task_id       TEXT NOT NULL,
                     tool          TEXT NOT NULL,
@@ -126,12 +79,76 @@ impl SqliteStore {
                     at            INTEGER NOT NULL
                  );
                  CREATE INDEX IF NOT EXISTS budget_recent_task ON budget_recent (task_id, at);
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .map_err(self.fail("migrating the schema"))?;
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        Ok(())
+        let conn = Connection::open(path).map_err(|source| Error::Store {
+            path: path.to_path_buf(),
+            doing: "opening",
+            source,
+        })?;
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        const DOING: &str = "migrating the schema";
+        let mut conn = self.lock();
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(self.fail(DOING))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(self.fail(DOING))?;
+        // One migration at a time, across processes: the version is read under the write lock,
+        // so two processes opening a new file together cannot both apply (or re-apply) a step.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.fail(DOING))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.fail(DOING))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1).map_err(self.fail(DOING))?;
+        }
+        if version < 2 {
+            let has_revoked_by: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = 'revoked_by'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(self.fail(DOING))?;
+            if !has_revoked_by {
+                tx.execute_batch("ALTER TABLE tasks ADD COLUMN revoked_by TEXT;")
+                    .map_err(self.fail(DOING))?;
+            }
+            tx.execute_batch(SCHEMA_V2).map_err(self.fail(DOING))?;
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+                .map_err(self.fail(DOING))?;
+        }
+        tx.commit().map_err(self.fail(DOING))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -211,10 +211,9 @@ impl Telemetry {
         } else {
             // No span is exported: the line still gets an id of its own, so that a decision
             // can be named (and told apart from its neighbours) without a tracing backend.
-            let id = uuid::Uuid::new_v4();
             (
                 fallback_trace.map(str::to_owned),
-                Some(hex::encode(&id.as_bytes()[..8])),
+                Some(format!("{:016x}", local_span_id())),
             )
         }
     }
@@ -293,6 +292,27 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max).collect();
     out.push('…');
     out
+}
+
+/// A span id for a decision no exported span names: distinct within the process (a random
+/// start, then an odd-multiplier step, a bijection of the 64-bit counter) and never zero,
+/// without a `getrandom` call per decision.
+fn local_span_id() -> u64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = start.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// The task's root span, as a remote parent.
