@@ -218,6 +218,7 @@ fn env(session: String) -> CallEnv {
     CallEnv {
         transport: Transport::InProcess,
         session: Arc::from(session),
+        holder: None,
     }
 }
 
@@ -460,6 +461,8 @@ fn issuance(c: &mut Criterion, fx: &Fixture) {
         tools: [("doc_read".to_owned(), vec!["/docs/area0/".to_owned()])].into(),
         expires_at: SystemTime::now() + Duration::from_secs(3000),
         budget: None,
+        workload: None,
+        holder: None,
     };
     // The storage part of issuance on its own: one task record into the store (and the
     // ledger's map), as `issue` does after the token is built.

@@ -98,8 +98,9 @@ pub enum TokenCommand {
         /// Limit a tool to resources under PREFIX (repeatable): `fs_read=docs/`.
         #[arg(long = "resource", value_name = "TOOL=PREFIX")]
         resources: Vec<String>,
-        /// Lifetime of the token, e.g. `30d`, `12h`; `never` for no expiry.
-        #[arg(long, default_value = "7d")]
+        /// Lifetime of the token, e.g. `30d`, `12h`; `never` for no expiry. A day by default:
+        /// an agent token is a standing secret (prefer workload identity, `[[identity.jwt]]`).
+        #[arg(long, default_value = "24h")]
         ttl: String,
     },
     /// Mint an approval for a human approver (printed on stdout). A task request over HTTP

@@ -86,6 +86,7 @@ pub(crate) fn token(
                 rights: tools.clone(),
                 prefixes,
                 ttl,
+                workload: None,
             };
             let token = token::mint_agent_token(&key, &grant)?;
             let encoded = token.to_base64().context("encoding the token")?;

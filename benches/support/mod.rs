@@ -169,6 +169,7 @@ impl Installation {
             rights: tools.to_vec(),
             prefixes: prefixes.iter().cloned().collect(),
             ttl: Some(Duration::from_secs(24 * 3600)),
+            workload: None,
         };
         mint_agent_token(&self.root, &grant)
             .and_then(|b| b.to_base64().map_err(capgate_authz::TokenError::Build))

@@ -74,6 +74,8 @@ pub struct CallEnv {
     pub transport: Transport,
     /// The MCP session (or the process's session for stdio).
     pub session: Arc<str>,
+    /// The thumbprint of the key whose fresh DPoP proof came with this request (HTTP only).
+    pub holder: Option<Arc<str>>,
 }
 
 /// What an allow rests on: the live task and the token.
@@ -673,6 +675,9 @@ impl Guard {
             .fact(fact(vocab::RESOURCE, &[string(resource)]))?
             .fact(fact(vocab::TRANSPORT, &[string(env.transport.as_str())]))?
             .fact(fact(vocab::SESSION, &[string(&env.session)]))?;
+        if let Some(jkt) = &env.holder {
+            b = b.fact(fact(vocab::DPOP_JKT, &[string(jkt)]))?;
+        }
         if let Some(task) = task {
             b = b.fact(fact(vocab::TASK, &[string(&task.id)]))?;
         }
@@ -713,6 +718,7 @@ impl Guard {
             call.resource().as_str(),
             env.transport.as_str(),
             &env.session,
+            env.holder.as_deref().unwrap_or(""),
         ] {
             push_field(&mut key, field);
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use biscuit_auth::builder::{date, fact, int, string};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
 use capgate_core::door::Catalog;
-use capgate_core::task::{Budget, EndReason, Intent, TaskGrant, TaskRecord};
+use capgate_core::task::{Budget, EndReason, Intent, TaskGrant, TaskRecord, WorkloadName};
 use capgate_core::{time, vocab};
 
 use crate::book::{StoreFault, TaskBook};
@@ -261,7 +261,19 @@ impl Issuer {
         intent: Intent,
         channel: Channel,
     ) -> Result<IssuedTask, IssuanceError> {
-        let result = self.decide_and_mint(token, &intent, channel);
+        self.issue_bound(token, intent, channel, None)
+    }
+
+    /// [`Issuer::issue`], binding the task token to the key with thumbprint `holder` (DPoP)
+    /// when given: the token then works only beside a fresh proof made with that key.
+    pub fn issue_bound(
+        &self,
+        token: &VerifiedToken,
+        intent: Intent,
+        channel: Channel,
+        holder: Option<String>,
+    ) -> Result<IssuedTask, IssuanceError> {
+        let result = self.decide_and_mint(token, &intent, channel, holder);
         match &result {
             Ok(task) => {
                 let unrecorded = self
@@ -301,6 +313,7 @@ impl Issuer {
         token: &VerifiedToken,
         intent: &Intent,
         channel: Channel,
+        holder: Option<String>,
     ) -> Result<IssuedTask, IssuanceError> {
         let now = SystemTime::now();
         self.book.sync()?;
@@ -380,6 +393,11 @@ impl Issuer {
             tools,
             expires_at,
             budget,
+            workload: identity
+                .workload
+                .clone()
+                .map(|(issuer, subject)| WorkloadName { issuer, subject }),
+            holder,
         };
         let biscuit = token::append_task_block(token, &grant).map_err(|e| match e {
             // A grant that cannot be a token is the request's problem (say, no tool at all).

@@ -225,6 +225,21 @@ pub struct TaskGrant {
     /// The budget written into the task block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// The workload whose JWT the task was issued on, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadName>,
+    /// The RFC 7638 thumbprint of the key the task token is bound to (DPoP), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+/// Who vouched for a workload: a JWT's issuer and subject.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadName {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
 }
 
 /// Whether a granted prefix covers a resource: the empty prefix covers everything, a prefix

@@ -18,6 +18,15 @@ pub const TASK: &str = "task";
 /// `granted_prefix($tool, $prefix)`: what a task block grants.
 pub const GRANTED_PREFIX: &str = "granted_prefix";
 
+/// `workload($issuer, $subject)`: in an authority block capgate minted for a workload JWT, who
+/// vouched for the agent.
+pub const WORKLOAD: &str = "workload";
+/// `holder_key($jkt)`: in a task block, the thumbprint of the key the task token is bound to
+/// (DPoP); the block checks `dpop_jkt($k), holder_key($k)`.
+pub const HOLDER_KEY: &str = "holder_key";
+/// `dpop_jkt($jkt)`: at a call, the thumbprint of the key whose fresh DPoP proof came with it.
+pub const DPOP_JKT: &str = "dpop_jkt";
+
 /// `budget_calls($n)`: in a task block (or a later one), the most calls the task may make.
 pub const BUDGET_CALLS: &str = "budget_calls";
 /// `budget_tool($tool, $n)`: the most calls of one tool.
@@ -76,6 +85,8 @@ pub const TOKEN_FACTS: &[&str] = &[
     BUDGET_CALLS,
     BUDGET_TOOL,
     BUDGET_PER_MINUTE,
+    WORKLOAD,
+    HOLDER_KEY,
 ];
 
 /// Facts the guard supplies at every call.
@@ -89,6 +100,7 @@ pub const INVOCATION_FACTS: &[&str] = &[
     SESSION,
     TASK,
     TENANT_PREFIX,
+    DPOP_JKT,
 ];
 
 /// Facts issuance supplies for each requested (tool, resource prefix).

@@ -277,6 +277,16 @@ pub(crate) enum ApiError {
     },
     /// 500: capgate failed in a way it did not foresee.
     Internal(String),
+    /// 401 for a workload JWT that is not acceptable (`Bearer error="invalid_token"`).
+    Workload(String),
+    /// 401 for DPoP: `invalid_dpop_proof` (the proof is missing or wrong) or `invalid_token`
+    /// (a bound token presented without DPoP), with a `DPoP` challenge.
+    Dpop {
+        /// `invalid_dpop_proof` or `invalid_token`.
+        error: &'static str,
+        /// Words.
+        message: String,
+    },
 }
 
 impl From<CredentialError> for ApiError {
@@ -293,6 +303,18 @@ impl From<CredentialError> for ApiError {
 
 fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(json!({"error": error, "message": message}))).into_response()
+}
+
+/// 401 with a `WWW-Authenticate` challenge of `scheme` naming `error`.
+fn challenge(scheme: &str, error: &str, message: &str) -> Response {
+    let description = message.replace(['"', '\\'], "'");
+    let mut resp = json_error(StatusCode::UNAUTHORIZED, error, message);
+    let value = HeaderValue::from_str(&format!(
+        "{scheme}, error=\"{error}\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("DPoP realm=\"capgate\""));
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    resp
 }
 
 fn unauthorized(e: &TokenError) -> Response {
@@ -330,6 +352,12 @@ impl IntoResponse for ApiError {
             ApiError::Internal(m) => {
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", &m)
             }
+            ApiError::Workload(m) => challenge("Bearer realm=\"capgate\"", "invalid_token", &m),
+            ApiError::Dpop { error, message } => challenge(
+                "DPoP realm=\"capgate\", algs=\"ES256 ES384 EdDSA RS256 PS256\"",
+                error,
+                &message,
+            ),
             ApiError::Issuance(e) => match &e {
                 IssuanceError::Token(t) => unauthorized(t),
                 IssuanceError::Invalid(m) => {

@@ -22,6 +22,7 @@ use capgate_core::{Arguments, Tool, ToolError, ToolOutput};
 
 use crate::config::{Config, ConfigSource};
 use crate::error::Error;
+use crate::identity::Workloads;
 use crate::ledger::TaskLedger;
 use crate::pipeline::{CallOutcome, CallRequest, Caller, Delivery, HostStages, Pipeline, run_call};
 use crate::session::Session;
@@ -171,7 +172,7 @@ impl HostBuilder {
             &config.audit_file(),
             config.audit.max_bytes,
             config.audit.keep,
-            Some(root_key),
+            Some(Arc::clone(&root_key)),
         )?;
         let telemetry = Arc::new(Telemetry::new(
             audit,
@@ -205,6 +206,20 @@ impl HostBuilder {
         );
         issuer.observe(telemetry.clone());
         let issuer = Arc::new(issuer);
+        let workloads = Workloads::new(
+            &config.identity.jwt,
+            door.catalog(),
+            root_key,
+            Arc::clone(&verifier),
+        )
+        .map_err(|m| {
+            let (key, message) = m.split_once(": ").unwrap_or(("identity.jwt", &m));
+            Error::Config {
+                file: config.source.describe(),
+                key: key.to_owned(),
+                message: message.to_owned(),
+            }
+        })?;
         Ok(Host {
             inner: Arc::new(Shared {
                 config,
@@ -218,6 +233,8 @@ impl HostBuilder {
                 }),
                 notes,
                 approvals: Default::default(),
+                workloads,
+                proofs: Default::default(),
             }),
         })
     }
@@ -343,6 +360,16 @@ impl Host {
         self.inner.door().catalog()
     }
 
+    /// The trusted issuers of workload JWTs.
+    pub fn workloads(&self) -> &crate::identity::Workloads {
+        &self.inner.workloads
+    }
+
+    /// DPoP proofs seen.
+    pub fn proofs(&self) -> &crate::identity::dpop::Proofs {
+        &self.inner.proofs
+    }
+
     /// The guard.
     pub fn guard(&self) -> &Arc<Guard> {
         self.inner.guard()
@@ -413,6 +440,7 @@ impl Host {
             env: CallEnv {
                 transport: Transport::InProcess,
                 session: Arc::from("in-process"),
+                holder: None,
             },
             rpc_id: None,
         };

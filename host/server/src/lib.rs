@@ -13,6 +13,7 @@ pub mod answer;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod identity;
 pub mod ledger;
 pub mod pipeline;
 pub mod session;

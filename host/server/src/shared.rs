@@ -9,6 +9,8 @@ use std::sync::Arc;
 use capgate_authz::{Guard, Issuer, Verifier};
 
 use crate::config::Config;
+use crate::identity::Workloads;
+use crate::identity::dpop::Proofs;
 use crate::ledger::TaskLedger;
 use crate::pipeline::{HostDoor, Pipeline};
 use crate::session::approvals::PendingApprovals;
@@ -23,6 +25,10 @@ pub(crate) struct Shared {
     pub(crate) notes: Vec<String>,
     /// Approval questions asked through 2026-07-28 round trips, awaiting their answer.
     pub(crate) approvals: PendingApprovals,
+    /// The trusted issuers of workload JWTs.
+    pub(crate) workloads: Workloads,
+    /// DPoP proofs seen.
+    pub(crate) proofs: Proofs,
 }
 
 impl Shared {

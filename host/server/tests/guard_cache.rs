@@ -231,6 +231,7 @@ async fn tools_list_stops_at_its_budget() {
     let env = CallEnv {
         transport: Transport::InProcess,
         session: Arc::from("list-test"),
+        holder: None,
     };
     let list = |token: &str| -> Vec<String> {
         let verified = f.host().verifier().verify(token).unwrap();
@@ -290,6 +291,7 @@ async fn a_flood_of_distinct_tokens_and_calls_does_not_flush_a_steady_client() {
     let env = CallEnv {
         transport: Transport::InProcess,
         session: Arc::from("steady"),
+        holder: None,
     };
     let verifier = host.verifier();
     let guard = host.guard();
@@ -346,6 +348,7 @@ async fn a_flood_of_distinct_tokens_and_calls_does_not_flush_a_steady_client() {
         let flood_env = CallEnv {
             transport: Transport::InProcess,
             session: Arc::from("attacker"),
+            holder: None,
         };
         guard
             .decide(&token, &call, &flood_env)

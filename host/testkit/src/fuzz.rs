@@ -53,6 +53,7 @@ fn fuzz_key_token(agent: &str, tenant: &str, rights: &[&str], prefixes: &[(&str,
             .map(|(t, p)| ((*t).to_owned(), vec![(*p).to_owned()]))
             .collect(),
         ttl: None,
+        workload: None,
     };
     mint_agent_token(&key, &grant)
         .expect("the token mints")

@@ -31,6 +31,8 @@ pub struct AgentGrant {
     pub prefixes: BTreeMap<String, Vec<String>>,
     /// Lifetime of the agent token.
     pub ttl: Option<Duration>,
+    /// `(issuer, subject)` of the workload JWT this token was minted for, when it was.
+    pub workload: Option<(String, String)>,
 }
 
 /// Mints an agent token: an authority block in the shared vocabulary, signed by the root key.
@@ -57,6 +59,11 @@ pub fn mint_agent_token(root: &RootKey, grant: &AgentGrant) -> Result<Biscuit, T
         .map_err(TokenError::Build)?
         .fact(fact1(vocab::TENANT, &grant.tenant))
         .map_err(TokenError::Build)?;
+    if let Some((issuer, subject)) = &grant.workload {
+        b = b
+            .fact(fact2(vocab::WORKLOAD, issuer, subject))
+            .map_err(TokenError::Build)?;
+    }
     let rights: BTreeSet<&String> = grant.rights.iter().collect();
     for tool in rights {
         b = b
@@ -172,6 +179,20 @@ pub fn task_block(grant: &TaskGrant) -> Result<BlockBuilder, TokenError> {
         for fact in budget_facts(budget) {
             b = b.fact(fact).map_err(TokenError::Build)?;
         }
+    }
+    // Holder binding (DPoP): the token works only beside a fresh proof made with this key,
+    // whose thumbprint the guard supplies as `dpop_jkt`. A derived token keeps this block, so
+    // it stays bound.
+    if let Some(jkt) = &grant.holder {
+        b = b
+            .fact(fact1(vocab::HOLDER_KEY, jkt))
+            .map_err(TokenError::Build)?
+            .code(format!(
+                "check if {}($k), {}($k);",
+                vocab::DPOP_JKT,
+                vocab::HOLDER_KEY
+            ))
+            .map_err(TokenError::Build)?;
     }
     let mut params = HashMap::new();
     params.insert("tools".to_owned(), builder::set(names));

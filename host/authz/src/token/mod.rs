@@ -49,6 +49,7 @@ mod tests {
             rights: vec!["fs_read".into(), "echo".into()],
             prefixes,
             ttl: Some(Duration::from_secs(3600)),
+            workload: None,
         }
     }
 
@@ -128,6 +129,8 @@ mod tests {
             tools,
             expires_at,
             budget: None,
+            workload: None,
+            holder: None,
         };
         let task = append_task_block(&agent, &grant)
             .unwrap()

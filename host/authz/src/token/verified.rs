@@ -27,6 +27,10 @@ pub struct Identity {
     pub rights: Vec<String>,
     /// `resource_prefix($tool, $prefix)`.
     pub prefixes: BTreeMap<String, Vec<String>>,
+    /// `workload($issuer, $subject)`: who vouched for the agent, when capgate minted the token
+    /// for a workload JWT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<(String, String)>,
 }
 
 /// A token whose every signature has been checked against the root key.
@@ -115,6 +119,12 @@ impl VerifiedToken {
                 by_tool.entry(t.clone()).or_default().push(p.clone());
             }
         }
+        let workload = query(format!("data($i, $s) <- {}($i, $s)", vocab::WORKLOAD))?
+            .into_iter()
+            .find_map(|row| match row.as_slice() {
+                [i, s] => Some((i.clone(), s.clone())),
+                _ => None,
+            });
         let (facts, rules, checks, _) = authorizer.dump();
         let budget = budget_of(&facts, &rules);
         let mut strings = BTreeSet::new();
@@ -158,6 +168,7 @@ impl VerifiedToken {
                 tenant,
                 rights,
                 prefixes: by_tool,
+                workload,
             },
             expires_at,
             time_bounds,

@@ -70,6 +70,11 @@ impl Config {
         {
             *p = abs(p);
         }
+        for issuer in &mut self.identity.jwt {
+            if !issuer.jwks.contains("://") && !Path::new(&issuer.jwks).is_absolute() {
+                issuer.jwks = base.join(&issuer.jwks).display().to_string();
+            }
+        }
         // The tool packs resolve their own paths, against the same directory.
         self.tools
             .attach(self.source.describe(), base.to_path_buf());

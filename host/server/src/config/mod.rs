@@ -43,6 +43,8 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// When a task's behaviour revokes it.
     pub anomaly: AnomalyConfig,
+    /// Who may vouch for agents instead of an operator-minted agent token.
+    pub identity: IdentityConfig,
     /// The local audit log.
     pub audit: AuditConfig,
     /// OpenTelemetry export.
@@ -237,6 +239,42 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// `[identity]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// `[[identity.jwt]]`: the issuers of workload JWTs capgate trusts.
+    pub jwt: Vec<JwtIssuerConfig>,
+}
+
+/// One `[[identity.jwt]]` table: an issuer of workload JWTs (a Kubernetes service-account
+/// issuer, a SPIFFE JWT-SVID trust domain, a CI or cloud OIDC issuer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// The issuer's keys: an `https://` URL (or `http://` on loopback), or a JWKS file.
+    pub jwks: String,
+    /// Must be in the token's `aud`.
+    pub audience: String,
+    /// The agent id, a template over the claims.
+    #[serde(default = "default_agent_template")]
+    pub agent: String,
+    /// The tenant, a template over the claims (a missing claim refuses).
+    pub tenant: String,
+    /// What such a workload may ever ask for (its rights).
+    pub tools: Vec<String>,
+    /// Resource prefixes per tool (as `[tenants]` writes them); a tool without any may touch
+    /// all of its resources.
+    #[serde(default)]
+    pub resources: BTreeMap<String, Vec<String>>,
+}
+
+fn default_agent_template() -> String {
+    "{sub}".into()
+}
+
 /// `[audit]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -297,6 +335,7 @@ impl Default for Config {
             guard: GuardConfig::default(),
             tenants: BTreeMap::new(),
             anomaly: AnomalyConfig::default(),
+            identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
             dev: DevConfig::default(),

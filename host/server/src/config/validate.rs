@@ -93,6 +93,64 @@ impl Config {
                 );
             }
         }
+        let mut issuers = std::collections::BTreeSet::new();
+        for (i, j) in self.identity.jwt.iter().enumerate() {
+            let key = |k: &str| format!("identity.jwt[{i}].{k}");
+            if j.issuer.trim().is_empty() {
+                bad(&key("issuer"), "expected the issuer's `iss`".into());
+            } else if !issuers.insert(j.issuer.clone()) {
+                bad(
+                    &key("issuer"),
+                    format!("`{}` is configured twice", j.issuer),
+                );
+            }
+            if j.audience.trim().is_empty() {
+                bad(
+                    &key("audience"),
+                    "expected the audience tokens must name".into(),
+                );
+            }
+            if j.tenant.trim().is_empty() || j.agent.trim().is_empty() {
+                bad(
+                    &key("tenant"),
+                    "expected non-empty `agent` and `tenant` templates".into(),
+                );
+            }
+            for t in [&j.agent, &j.tenant] {
+                if t.matches('{').count() != t.matches('}').count() {
+                    bad(
+                        &key("tenant"),
+                        format!("`{t}`: unbalanced braces in a template"),
+                    );
+                }
+            }
+            if j.tools.is_empty() {
+                bad(
+                    &key("tools"),
+                    "expected at least one tool such a workload may use".into(),
+                );
+            }
+            if let Some(tool) = j.resources.keys().find(|t| !j.tools.contains(t)) {
+                bad(
+                    &key("resources"),
+                    format!("names `{tool}`, which is not in `tools`"),
+                );
+            }
+            if let Some(rest) = j.jwks.strip_prefix("http://") {
+                let host = rest.split(['/', ':']).next().unwrap_or_default();
+                if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                    bad(
+                        &key("jwks"),
+                        "keys are fetched over https (plain http only from a loopback address): an attacker on the path could swap them".into(),
+                    );
+                }
+            } else if !j.jwks.starts_with("https://") && j.jwks.contains("://") {
+                bad(
+                    &key("jwks"),
+                    "expected an https:// URL or a file path".into(),
+                );
+            }
+        }
         let a = &self.anomaly;
         if a.window.is_zero() || a.window > std::time::Duration::from_secs(7 * 24 * 3600) {
             bad(

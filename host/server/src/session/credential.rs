@@ -20,6 +20,11 @@ pub const META_TOKEN_KEY: &str = "capgate/token";
 #[derive(Clone, Debug)]
 pub struct Credential(pub Arc<VerifiedToken>);
 
+/// The thumbprint of the key whose fresh DPoP proof came with an HTTP request (set by the
+/// authentication layer once the proof checked out).
+#[derive(Clone)]
+pub struct Holder(pub Arc<str>);
+
 impl SessionState {
     /// The token the connection presented: the HTTP bearer or `CAPGATE_TOKEN`.
     pub(super) fn presented(

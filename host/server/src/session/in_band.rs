@@ -85,7 +85,9 @@ pub(super) async fn begin(
         intent.approved_by = approver_in(request.input_responses.as_ref(), ctx);
     }
 
-    let mut outcome = issue(host, &token, intent.clone(), channel).await?;
+    // A session request that came with a DPoP proof binds the new task token to its key.
+    let holder = super::state::holder_of(ctx).map(|h| h.to_string());
+    let mut outcome = issue(host, &token, intent.clone(), channel, holder.clone()).await?;
     if let Err(IssuanceError::Denied { refusal, .. }) = &outcome
         && refusal.reason == "approval-required"
         && asks
@@ -98,7 +100,7 @@ pub(super) async fn begin(
             }
         } else if let Some(approver) = ask_approval(&ctx.peer, message).await {
             intent.approved_by = Some(approver);
-            outcome = issue(host, &token, intent, channel).await?;
+            outcome = issue(host, &token, intent, channel, holder).await?;
         }
     }
     let task = match outcome {
@@ -246,9 +248,10 @@ async fn issue(
     token: &Arc<VerifiedToken>,
     intent: Intent,
     channel: Channel,
+    holder: Option<String>,
 ) -> Result<Result<capgate_authz::IssuedTask, IssuanceError>, McpError> {
     let (host, token) = (Arc::clone(host), Arc::clone(token));
-    tokio::task::spawn_blocking(move || host.issuer.issue(&token, intent, channel))
+    tokio::task::spawn_blocking(move || host.issuer.issue_bound(&token, intent, channel, holder))
         .await
         .map_err(|e| McpError::internal_error(format!("capgate's issuance failed: {e}"), None))
 }

@@ -30,7 +30,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler};
 
-pub use credential::{Credential, META_TOKEN_KEY};
+pub use credential::{Credential, Holder, META_TOKEN_KEY};
 pub(crate) use in_band::{TASK_BEGIN, TASK_END};
 
 use crate::answer;
@@ -135,7 +135,7 @@ impl ServerHandler for Session {
         if let Ok(token) = state.effective(&context) {
             tools.push(in_band::task_begin_tool());
             tools.push(in_band::task_end_tool());
-            let env = state.env();
+            let env = state.env(&context);
             tools.extend(
                 state
                     .host
@@ -170,7 +170,7 @@ impl ServerHandler for Session {
                 state
                     .host
                     .telemetry()
-                    .token_refused(&request.name, &e, &state.env());
+                    .token_refused(&request.name, &e, &state.env(&context));
                 return Ok(answer::credential(&e).into());
             }
         };
@@ -208,7 +208,7 @@ impl ServerHandler for Session {
         };
         let caller = Caller {
             token,
-            env: state.env(),
+            env: state.env(&context),
             rpc_id: Some(Arc::from(request_id)),
         };
         let delivery = Delivery {

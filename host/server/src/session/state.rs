@@ -9,6 +9,14 @@ use rmcp::service::{RequestContext, RoleServer};
 
 use crate::shared::Shared;
 
+/// The thumbprint of the DPoP key that came with this (HTTP) request.
+pub(super) fn holder_of(ctx: &RequestContext<RoleServer>) -> Option<Arc<str>> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<super::Holder>())
+        .map(|h| Arc::clone(&h.0))
+}
+
 /// A task bound to this session by the in-band `task_begin` tool.
 #[derive(Clone)]
 pub(super) struct Binding {
@@ -35,10 +43,12 @@ impl SessionState {
         Arc::clone(&self.session_id.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub(super) fn env(&self) -> CallEnv {
+    /// The connection-level facts of one request: with the key of its DPoP proof, if any.
+    pub(super) fn env(&self, ctx: &RequestContext<RoleServer>) -> CallEnv {
         CallEnv {
             transport: self.transport,
             session: self.session_id(),
+            holder: holder_of(ctx),
         }
     }
 

@@ -581,6 +581,8 @@ mod tests {
                 tools,
                 expires_at,
                 budget: None,
+                workload: None,
+                holder: None,
             },
             created_at: now,
             expires_at,

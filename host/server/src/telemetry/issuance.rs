@@ -62,6 +62,10 @@ impl Telemetry {
         if let Some(t) = task {
             attrs.push(KeyValue::new("capgate.task.id", t.id.clone()));
         }
+        if let Some((issuer, subject)) = token.and_then(|t| t.identity().workload.clone()) {
+            attrs.push(KeyValue::new("capgate.workload.issuer", issuer));
+            attrs.push(KeyValue::new("capgate.workload.subject", subject));
+        }
         if let Some(e) = refusal {
             attrs.push(KeyValue::new("capgate.deny.reason", e.reason()));
             attrs.push(KeyValue::new("capgate.issuance.rule", e.to_string()));
@@ -97,6 +101,11 @@ impl IssuanceObserver for Telemetry {
         rec.agent = Some(task.agent.clone());
         rec.tenant = Some(task.tenant.clone());
         rec.resource = Some(pairs(&task.grant.tools).join(","));
+        if let Some(w) = &task.grant.workload {
+            rec.issuer = Some(w.issuer.clone());
+            rec.subject = Some(w.subject.clone());
+        }
+        rec.holder = task.grant.holder.clone();
         rec.trace_id = trace_id;
         rec.span_id = span_id;
         rec.transport = Some(channel.as_str().into());
@@ -122,6 +131,10 @@ impl IssuanceObserver for Telemetry {
         rec.agent = token.map(|t| t.identity().agent.clone());
         rec.tenant = token.map(|t| t.identity().tenant.clone());
         rec.resource = Some(pairs(&intent.resources).join(","));
+        if let Some((issuer, subject)) = token.and_then(|t| t.identity().workload.clone()) {
+            rec.issuer = Some(issuer);
+            rec.subject = Some(subject);
+        }
         rec.reason = Some(format!("{}: {error}", error.reason()));
         rec.trace_id = trace_id;
         rec.span_id = span_id;

@@ -199,6 +199,13 @@ impl Builder {
         if let Some(a) = &task.intent.approved_by {
             attrs.push(KeyValue::new("capgate.intent.approved_by", a.clone()));
         }
+        if let Some(w) = &task.grant.workload {
+            attrs.push(KeyValue::new("capgate.workload.issuer", w.issuer.clone()));
+            attrs.push(KeyValue::new("capgate.workload.subject", w.subject.clone()));
+        }
+        if let Some(jkt) = &task.grant.holder {
+            attrs.push(KeyValue::new("capgate.task.holder_jkt", jkt.clone()));
+        }
         if let Some(by) = &task.revoked_by {
             attrs.push(KeyValue::new("capgate.task.revoked_by", by.clone()));
         }

@@ -73,6 +73,15 @@ pub struct AuditRecord {
     /// The JSON-RPC id of the request that asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonrpc_id: Option<String>,
+    /// The issuer of the workload JWT the agent presented, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// That JWT's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The thumbprint of the key a task token is bound to (DPoP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
     /// `stdio`, `http`, `cli`.
     pub transport: Option<String>,
     /// A checkpoint's signature (hex Ed25519 by the root key of [`checkpoint_message`]).
@@ -98,6 +107,9 @@ impl AuditRecord {
             trace_id: None,
             span_id: None,
             jsonrpc_id: None,
+            issuer: None,
+            subject: None,
+            holder: None,
             transport: None,
             sig: None,
         }

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::answer::ApiError;
 use crate::host::Host;
-use crate::session::Credential;
+use crate::session::{Credential, Holder};
 
 /// The header carrying an approval token (`capgate token approval`) with a task request.
 pub const APPROVAL_HEADER: &str = "capgate-approval";
@@ -41,11 +41,14 @@ fn store_fault(e: crate::error::Error) -> ApiError {
 pub(super) async fn create(
     State(host): State<Host>,
     ext: axum::Extension<Credential>,
+    holder: Option<axum::Extension<Holder>>,
     headers: HeaderMap,
     body: Result<Json<Intent>, JsonRejection>,
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
-    match issue(host, token, headers, body).await {
+    // A request that came with a DPoP proof gets a task token bound to the proof's key.
+    let holder = holder.map(|h| h.0.0.to_string());
+    match issue(host, token, holder, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -54,6 +57,7 @@ pub(super) async fn create(
 async fn issue(
     host: Host,
     token: Arc<VerifiedToken>,
+    holder: Option<String>,
     headers: HeaderMap,
     body: Result<Json<Intent>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -103,7 +107,7 @@ async fn issue(
             }
         }
         host.issuer()
-            .issue(&token, intent, Channel::Http)
+            .issue_bound(&token, intent, Channel::Http, holder)
             .map_err(ApiError::Issuance)
     })
     .await?;
@@ -117,6 +121,7 @@ async fn issue(
             "expires_at": rfc3339(r.expires_at),
             "granted": r.grant.tools,
             "budget": r.grant.budget,
+            "holder": r.grant.holder,
             "trace_id": r.trace_id,
         })),
     )
