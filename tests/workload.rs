@@ -177,6 +177,10 @@ impl Drop for Platform {
 
 /// An installation trusting `ISSUER`, whose keys are at `jwks` (a URL or a file).
 fn install(jwks: &str) -> Capgate {
+    install_with(jwks, "")
+}
+
+fn install_with(jwks: &str, extra: &str) -> Capgate {
     Capgate::with_config(&format!(
         r#"[[identity.jwt]]
 issuer = "{ISSUER}"
@@ -185,6 +189,7 @@ audience = "capgate"
 agent = "{{sub}}"
 tenant = "{{tenant}}"
 tools = ["fs_read", "fs_list", "fs_write"]
+{extra}
 "#
     ))
 }
@@ -279,6 +284,55 @@ async fn a_workload_jwt_gets_a_task_whose_token_works_over_mcp() {
     assert_eq!(r.structured_content.unwrap()["bound_to_session"], true);
     call_ok(&client, "fs_read", json!({"path": "acme/docs/readme.txt"})).await;
     client.cancel().await.unwrap();
+}
+
+/// An issuer whose keys cannot be had is capgate's (or the issuer's) problem: 503, never 401;
+/// and a workload never speaks for an operator-minted agent that happens to share its id.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_keys_are_a_503_and_ids_do_not_collide() {
+    let platform = Platform::start();
+    let cg = install_with(
+        &platform.jwks_url(),
+        r#"
+[[identity.jwt]]
+issuer = "https://down.test"
+jwks = "http://127.0.0.1:1/jwks.json"
+audience = "capgate"
+tenant = "{tenant}"
+tools = ["fs_read"]
+"#,
+    );
+    let server = cg.serve_http();
+    let mut claims = Platform::claims("ci-bot");
+    claims["iss"] = json!("https://down.test");
+    let jwt = platform.jwt("k1", &claims);
+    for _ in 0..2 {
+        let (status, www, v) = post_task(&server, &format!("Bearer {jwt}"), None, &intent()).await;
+        assert_eq!(status, 503, "{v}");
+        assert!(www.is_empty(), "not a credential problem: {www}");
+        assert_eq!(v["error"], "identity_unavailable", "{v}");
+        assert_eq!(v["fault"], "server", "{v}");
+    }
+    assert_eq!(cg.task_list().lines().count(), 0);
+
+    // The operator's agent `ci-bot` and the workload `ci-bot` are not one principal.
+    let agent = cg.mint("ci-bot", "acme", &["fs_read"], &[]);
+    let (status, _, v) = post_task(&server, &format!("Bearer {agent}"), None, &intent()).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["task_id"].as_str().unwrap();
+    let workload = platform.jwt("k1", &Platform::claims("ci-bot"));
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/v1/tasks/{id}", server.base()))
+        .bearer_auth(&workload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "a workload cannot end the operator agent's task"
+    );
+    assert!(cg.show_task(id)["task"]["end_reason"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -400,6 +454,16 @@ async fn bad_workload_jwts_are_refused_and_nothing_is_issued() {
         );
     }
     assert_eq!(cg.task_list().lines().count(), 0, "nothing was issued");
+    // A tenant capgate does not know is not one this issuer may vouch for.
+    let initech = platform.jwt("k1", &with("tenant", json!("initech")));
+    let (status, _, v) = post_task(&server, &format!("Bearer {initech}"), None, &intent()).await;
+    assert_eq!(status, 401, "{v}");
+    assert!(v.to_string().contains("may not vouch"), "{v}");
+    // A `crit` extension capgate does not implement is refused, not ignored.
+    let crit = platform.jwt_with_header("k1", &good, &json!({"crit": ["exp-v2"], "exp-v2": 1}));
+    let (status, _, v) = post_task(&server, &format!("Bearer {crit}"), None, &intent()).await;
+    assert_eq!(status, 401, "{v}");
+    assert!(v.to_string().contains("crit"), "{v}");
     // Claims that map the workload to another tenant: its request for acme's files is refused
     // by the tenant rule.
     let globex = platform.jwt("k1", &with("tenant", json!("globex")));
@@ -529,6 +593,37 @@ async fn a_dpop_bound_task_token_needs_a_fresh_proof_for_its_key() {
             "{what}: {www}"
         );
     }
+    // A proof whose `iat` is no time at all: refused, not a crash.
+    let huge = jose(&[
+        "dpop",
+        &holder,
+        "ES256",
+        "POST",
+        &mcp,
+        "--ath",
+        &token,
+        "--iat",
+        "18446744073709551615",
+    ]);
+    let (status, _, body) = wire.post(&dpop_auth, Some(&huge), init.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    // The task API is behind the same door: no proof, no look at the task.
+    let task_id = cg
+        .task_list()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/tasks/{task_id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
     // A fresh proof for each request: served.
     let fresh = || proof(&holder, "POST", &mcp, Some(&token));
     let first = fresh();

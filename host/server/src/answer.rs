@@ -312,7 +312,10 @@ fn challenge(scheme: &str, error: &str, message: &str) -> Response {
     let value = HeaderValue::from_str(&format!(
         "{scheme}, error=\"{error}\", error_description=\"{description}\""
     ))
-    .unwrap_or_else(|_| HeaderValue::from_static("DPoP realm=\"capgate\""));
+    .unwrap_or_else(|_| {
+        HeaderValue::from_str(&format!("{scheme}, error=\"{error}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"capgate\""))
+    });
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     resp
 }

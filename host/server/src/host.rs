@@ -208,6 +208,7 @@ impl HostBuilder {
         let issuer = Arc::new(issuer);
         let workloads = Workloads::new(
             &config.identity.jwt,
+            &config.tenants.keys().cloned().collect::<Vec<_>>(),
             door.catalog(),
             root_key,
             Arc::clone(&verifier),

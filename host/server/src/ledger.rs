@@ -166,6 +166,16 @@ impl TaskLedger {
         if who.agent != task.agent || who.tenant != task.tenant {
             return Ok(false);
         }
+        // A workload and an operator-minted agent (or two issuers' workloads) that share an
+        // agent id never speak for each other's tasks.
+        let workload = task
+            .grant
+            .workload
+            .as_ref()
+            .map(|w| (w.issuer.clone(), w.subject.clone()));
+        if who.workload != workload {
+            return Ok(false);
+        }
         if token.revocation_ids().contains(&task.revocation_id) {
             return Ok(true);
         }

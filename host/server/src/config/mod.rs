@@ -269,6 +269,11 @@ pub struct JwtIssuerConfig {
     /// all of its resources.
     #[serde(default)]
     pub resources: BTreeMap<String, Vec<String>>,
+    /// The tenants this issuer may vouch for. Empty: the tenants of `[tenants]` (any tenant,
+    /// when none is configured). A token whose `tenant` template names another is refused, so
+    /// one issuer's workloads cannot claim to work for a tenant another issuer serves.
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 fn default_agent_template() -> String {

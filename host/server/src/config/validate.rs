@@ -3,6 +3,20 @@
 use super::Config;
 use crate::error::Error;
 
+/// `{name}` groups, closed and not nested, with non-empty names.
+fn well_formed_template(t: &str) -> bool {
+    let mut open = None;
+    for (i, c) in t.char_indices() {
+        match (c, open) {
+            ('{', None) => open = Some(i),
+            ('}', Some(start)) if i > start + 1 => open = None,
+            ('{', Some(_)) | ('}', _) => return false,
+            _ => {}
+        }
+    }
+    open.is_none()
+}
+
 impl Config {
     /// Checks what serde cannot: ranges, relations between keys, non-overlapping tenants.
     /// Reports every problem at once.
@@ -110,17 +124,15 @@ impl Config {
                     "expected the audience tokens must name".into(),
                 );
             }
-            if j.tenant.trim().is_empty() || j.agent.trim().is_empty() {
-                bad(
-                    &key("tenant"),
-                    "expected non-empty `agent` and `tenant` templates".into(),
-                );
-            }
-            for t in [&j.agent, &j.tenant] {
-                if t.matches('{').count() != t.matches('}').count() {
+            for (name, t) in [("agent", &j.agent), ("tenant", &j.tenant)] {
+                if t.trim().is_empty() {
+                    bad(&key(name), "expected a non-empty template".into());
+                } else if !well_formed_template(t) {
                     bad(
-                        &key("tenant"),
-                        format!("`{t}`: unbalanced braces in a template"),
+                        &key(name),
+                        format!(
+                            "`{t}`: expected text and `{{claim}}` names, braces paired and not nested"
+                        ),
                     );
                 }
             }

@@ -63,8 +63,8 @@ pub struct Proofs {
 
 #[derive(Default)]
 struct Seen {
-    by_key: HashMap<String, SystemTime>,
-    order: VecDeque<(SystemTime, String)>,
+    by_key: HashMap<[u8; 32], SystemTime>,
+    order: VecDeque<(SystemTime, [u8; 32])>,
 }
 
 impl Proofs {
@@ -72,6 +72,21 @@ impl Proofs {
     pub fn verify(&self, proof: &str, req: Request<'_>) -> Result<Proof, ProofError> {
         let header = jsonwebtoken::decode_header(proof)
             .map_err(|e| bad(format!("unreadable header: {e}")))?;
+        let raw = super::raw_header(proof).map_err(|e| bad(e.to_string()))?;
+        if raw.contains_key("crit") {
+            return Err(bad(
+                "its header has `crit` extensions, which capgate does not implement",
+            ));
+        }
+        // The proof carries the public key; a private one in it is a client leaking its secret
+        // (RFC 9449 §4.3 forbids it), and nothing to build on.
+        if raw.get("jwk").and_then(Value::as_object).is_some_and(|k| {
+            ["d", "p", "q", "dp", "dq", "qi", "k"]
+                .iter()
+                .any(|m| k.contains_key(*m))
+        }) {
+            return Err(bad("its `jwk` holds private key material"));
+        }
         if !header
             .typ
             .as_deref()
@@ -123,7 +138,9 @@ impl Proofs {
             .get("iat")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("it has no numeric `iat`"))?;
-        let issued = UNIX_EPOCH + Duration::from_secs(iat);
+        let issued = UNIX_EPOCH
+            .checked_add(Duration::from_secs(iat))
+            .ok_or_else(|| bad("its `iat` is not a time"))?;
         let now = SystemTime::now();
         if issued + IAT_PAST < now || issued > now + IAT_FUTURE {
             return Err(bad(format!(
@@ -161,7 +178,7 @@ impl Proofs {
                 seen.by_key.remove(&k);
             }
         }
-        let key = format!("{jkt}:{jti}");
+        let key: [u8; 32] = Sha256::digest(format!("{jkt}:{jti}").as_bytes()).into();
         if seen.by_key.contains_key(&key) {
             return Err(bad("it was used before; a proof serves one request"));
         }
@@ -170,7 +187,7 @@ impl Proofs {
                 "capgate is remembering too many recent proofs to check this one is new; retry in a minute",
             ));
         }
-        seen.by_key.insert(key.clone(), until);
+        seen.by_key.insert(key, until);
         // Entries expire in the order they were added give or take the iat spread; a later
         // one stuck behind an earlier one is dropped a little late, never early.
         seen.order.push_back((until, key));

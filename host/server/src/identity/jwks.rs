@@ -17,6 +17,11 @@ use super::IdentityError;
 
 /// Least time between two looks at an issuer's keys.
 pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Keys older than this are looked at again (an issuer that drops a compromised key stops
+/// being trusted with it within minutes, not at the next restart).
+pub const MAX_AGE: Duration = Duration::from_secs(300);
+/// Longest keys are kept in use while every look at the issuer fails.
+pub const MAX_STALE: Duration = Duration::from_secs(3600);
 /// Longest a fetch of the keys may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set accepted.
@@ -29,9 +34,9 @@ enum Source {
     File(PathBuf),
 }
 
-struct Cached {
-    set: Option<JwkSet>,
-    looked: Option<Instant>,
+struct Keys {
+    set: JwkSet,
+    fetched: Instant,
 }
 
 /// An issuer's keys.
@@ -40,7 +45,9 @@ pub struct KeySet {
     source: Source,
     /// Built only for a URL source (loading the TLS roots costs start-up time).
     client: Option<reqwest::Client>,
-    cached: Mutex<Cached>,
+    keys: std::sync::RwLock<Option<Keys>>,
+    /// Held by the one refresh in progress (nobody waits on it); when the last one ended.
+    refresh: Mutex<Option<Instant>>,
 }
 
 impl KeySet {
@@ -66,54 +73,86 @@ impl KeySet {
             issuer: issuer.to_owned(),
             source,
             client,
-            cached: Mutex::new(Cached {
-                set: None,
-                looked: None,
-            }),
+            keys: std::sync::RwLock::new(None),
+            refresh: Mutex::new(None),
+        }
+    }
+
+    /// `(the key, whether keys are held at all, whether they are due a fresh look)`.
+    fn cached(&self, kid: &str) -> (Option<Jwk>, bool, bool) {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        match keys.as_ref() {
+            Some(k) => (
+                k.set.find(kid).cloned(),
+                true,
+                k.fetched.elapsed() >= MAX_AGE,
+            ),
+            None => (None, false, true),
+        }
+    }
+
+    fn unknown(&self, kid: &str) -> IdentityError {
+        IdentityError::Refused(format!(
+            "key `{kid}` is not in the key set of issuer `{}`",
+            self.issuer
+        ))
+    }
+
+    fn unavailable(&self, why: &str) -> IdentityError {
+        IdentityError::KeysUnavailable {
+            issuer: self.issuer.clone(),
+            message: why.to_owned(),
         }
     }
 
     /// The key `kid` for a signature made with `alg`.
+    ///
+    /// Known and fresh: used at once. Unknown, or the set older than [`MAX_AGE`]: one request
+    /// looks again (at most once per [`MIN_REFRESH`]) while the others go on with what is held,
+    /// never waiting on the issuer. A failed look keeps the held keys for at most
+    /// [`MAX_STALE`]; without any, capgate cannot check (503), which is not the presenter's
+    /// fault.
     pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, IdentityError> {
-        let mut cached = self.cached.lock().await;
-        let known = cached.set.as_ref().and_then(|s| s.find(kid)).cloned();
-        let jwk = match known {
-            Some(j) => j,
-            None => {
-                let due = cached.looked.is_none_or(|t| t.elapsed() >= MIN_REFRESH);
-                if !due {
-                    return Err(IdentityError::Refused(format!(
-                        "key `{kid}` is not in the key set of issuer `{}`",
-                        self.issuer
-                    )));
-                }
-                cached.looked = Some(Instant::now());
-                match self.fetch().await {
-                    Ok(set) => cached.set = Some(set),
-                    // Keys held from before stay in use; without any, capgate cannot check.
-                    Err(message) if cached.set.is_none() => {
-                        return Err(IdentityError::KeysUnavailable {
-                            issuer: self.issuer.clone(),
-                            message,
-                        });
+        let (mut found, mut held, due) = self.cached(kid);
+        if found.is_none() || due {
+            match self.refresh.try_lock() {
+                Ok(mut last) if last.is_none_or(|t| t.elapsed() >= MIN_REFRESH) => {
+                    let fetched = self.fetch().await;
+                    *last = Some(Instant::now());
+                    let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                    match fetched {
+                        Ok(set) => {
+                            *keys = Some(Keys {
+                                set,
+                                fetched: Instant::now(),
+                            })
+                        }
+                        Err(message) => {
+                            tracing::warn!(
+                                target: "capgate",
+                                issuer = %self.issuer,
+                                "could not fetch the issuer's keys: {message}"
+                            );
+                            if keys
+                                .as_ref()
+                                .is_some_and(|k| k.fetched.elapsed() > MAX_STALE)
+                            {
+                                *keys = None;
+                            }
+                        }
                     }
-                    Err(message) => tracing::warn!(
-                        target: "capgate",
-                        issuer = %self.issuer,
-                        "could not refresh the issuer's keys: {message}"
-                    ),
+                    drop(keys);
+                    (found, held, _) = self.cached(kid);
                 }
-                cached
-                    .set
-                    .as_ref()
-                    .and_then(|s| s.find(kid))
-                    .cloned()
-                    .ok_or_else(|| {
-                        IdentityError::Refused(format!(
-                            "key `{kid}` is not in the key set of issuer `{}`",
-                            self.issuer
-                        ))
-                    })?
+                // Another request is looking, or one just did: go on with what is held.
+                _ => {}
+            }
+        }
+        let jwk = match found {
+            Some(j) => j,
+            None if held => return Err(self.unknown(kid)),
+            None => {
+                return Err(self.unavailable("no keys could be fetched yet; retry in a moment"));
             }
         };
         usable(&jwk, kid, alg)?;
@@ -131,9 +170,8 @@ impl KeySet {
                     .map_err(|e| format!("reading the key file: {e}"))?
             }
             Source::Url(url) => {
-                let client = match &self.client {
-                    Some(c) => c.clone(),
-                    None => return Err("capgate could not build its HTTP client".into()),
+                let Some(client) = &self.client else {
+                    return Err("capgate could not build its HTTP client".into());
                 };
                 let resp = client
                     .get(url)

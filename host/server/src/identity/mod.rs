@@ -33,6 +33,8 @@ use jwks::KeySet;
 
 /// Leeway on `exp` and `nbf`: clocks of a platform and of capgate differ by a little.
 const LEEWAY: Duration = Duration::from_secs(30);
+/// Longest an authority block minted for a workload lives.
+const MAX_MINTED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Verified JWTs remembered (their minted agent tokens), so that a session presenting the same
 /// JWT on every request does not mint on every request.
 const CACHE_ENTRIES: usize = 10_000;
@@ -86,6 +88,8 @@ pub struct Workload {
 /// One trusted issuer.
 struct Issuer {
     config: JwtIssuerConfig,
+    /// The tenants it may vouch for; empty: any.
+    tenants: Vec<String>,
     keys: KeySet,
     /// The issuer's `resources`, canonical per tool.
     prefixes: BTreeMap<String, Vec<String>>,
@@ -103,6 +107,7 @@ impl Workloads {
     /// The issuers of `configs`, whose `resources` are canonicalized by the hosted tools.
     pub(crate) fn new(
         configs: &[JwtIssuerConfig],
+        known_tenants: &[String],
         catalog: &Catalog,
         root: Arc<RootKey>,
         verifier: Arc<Verifier>,
@@ -130,7 +135,13 @@ impl Workloads {
                     ));
                 }
             }
+            let tenants = if c.tenants.is_empty() {
+                known_tenants.to_vec()
+            } else {
+                c.tenants.clone()
+            };
             issuers.push(Issuer {
+                tenants,
                 keys: KeySet::new(&c.issuer, &c.jwks),
                 config: c.clone(),
                 prefixes,
@@ -172,8 +183,9 @@ impl Workloads {
             tenant: workload.tenant.clone(),
             rights: issuer.config.tools.clone(),
             prefixes: issuer.prefixes.clone(),
-            // Whole seconds, rounded down: never a moment past the JWT's own expiry.
-            ttl: Some(Duration::from_secs(ttl.as_secs())),
+            // Whole seconds, rounded down: never a moment past the JWT's own expiry, and never
+            // longer than an agent token's default day, however far off the JWT's `exp` is.
+            ttl: Some(Duration::from_secs(ttl.as_secs()).min(MAX_MINTED_TTL)),
             workload: Some((workload.issuer.clone(), workload.subject.clone())),
         };
         let biscuit = mint_agent_token(&self.root, &grant)
@@ -198,6 +210,12 @@ impl Workloads {
                 "its header cannot be read ({e}); `alg: none` and HMAC are never accepted"
             ))
         })?;
+        // Extensions capgate does not understand must not be ignored (RFC 7515 §4.1.11).
+        if raw_header(jwt)?.contains_key("crit") {
+            return Err(refused(
+                "its header has `crit` extensions, which capgate does not implement",
+            ));
+        }
         // A key the token names itself proves nothing: only the issuer's set counts.
         if header.jwk.is_some()
             || header.jku.is_some()
@@ -250,13 +268,21 @@ impl Workloads {
             .ok_or_else(|| refused("its `exp` claim is not a number"))?;
         let agent = fill(&issuer.config.agent, &claims, "agent")?;
         let tenant = fill(&issuer.config.tenant, &claims, "tenant")?;
+        if !issuer.tenants.is_empty() && !issuer.tenants.contains(&tenant) {
+            return Err(refused(format!(
+                "issuer `{}` may not vouch for tenant `{tenant}`",
+                issuer.config.issuer
+            )));
+        }
         Ok((
             Workload {
                 issuer: issuer.config.issuer.clone(),
                 subject,
                 agent,
                 tenant,
-                expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+                expires_at: UNIX_EPOCH
+                    .checked_add(Duration::from_secs(exp))
+                    .ok_or_else(|| refused("its `exp` is not a time"))?,
             },
             issuer,
         ))
@@ -275,6 +301,17 @@ fn asymmetric(alg: Algorithm) -> bool {
         alg,
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
     )
+}
+
+/// A JOSE header as JSON, for what jsonwebtoken's typed header leaves out (`crit`, private key
+/// members of an embedded `jwk`).
+pub(crate) fn raw_header(jwt: &str) -> Result<serde_json::Map<String, Value>, IdentityError> {
+    use base64::Engine as _;
+    let head = jwt.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head.trim_end_matches('='))
+        .map_err(|_| refused("its header is not base64url"))?;
+    serde_json::from_slice(&bytes).map_err(|_| refused("its header is not a JSON object"))
 }
 
 /// The claims before the signature is checked: only to find the issuer whose keys check it.

@@ -22,8 +22,17 @@ pub struct Credential(pub Arc<VerifiedToken>);
 
 /// The thumbprint of the key whose fresh DPoP proof came with an HTTP request (set by the
 /// authentication layer once the proof checked out).
+///
+/// `for_token` is true when the proof was made for the token presented (`Authorization: DPoP`,
+/// its `ath` checked): only then does it stand beside that token at the guard. A proof sent with
+/// a bearer credential (a task request that asks to be bound) only names the key to bind to.
 #[derive(Clone)]
-pub struct Holder(pub Arc<str>);
+pub struct Holder {
+    /// The key's RFC 7638 thumbprint.
+    pub jkt: Arc<str>,
+    /// Whether the proof's `ath` is the hash of the presented token.
+    pub for_token: bool,
+}
 
 impl SessionState {
     /// The token the connection presented: the HTTP bearer or `CAPGATE_TOKEN`.

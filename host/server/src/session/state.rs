@@ -14,7 +14,8 @@ pub(super) fn holder_of(ctx: &RequestContext<RoleServer>) -> Option<Arc<str>> {
     ctx.extensions
         .get::<http::request::Parts>()
         .and_then(|p| p.extensions.get::<super::Holder>())
-        .map(|h| Arc::clone(&h.0))
+        .filter(|h| h.for_token)
+        .map(|h| Arc::clone(&h.jkt))
 }
 
 /// A task bound to this session by the in-band `task_begin` tool.

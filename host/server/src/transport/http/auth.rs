@@ -140,7 +140,10 @@ pub(super) async fn authenticate(
     }
     req.extensions_mut().insert(Credential(token));
     if let Some(p) = proof {
-        req.extensions_mut().insert(Holder(Arc::from(p.jkt)));
+        req.extensions_mut().insert(Holder {
+            jkt: Arc::from(p.jkt),
+            for_token: scheme == Scheme::Dpop,
+        });
     }
     next.run(req).await
 }

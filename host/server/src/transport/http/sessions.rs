@@ -30,7 +30,9 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const PRUNE_ABOVE: usize = 4096;
 
 /// Who a session belongs to.
-type Principal = (String, String);
+/// Agent, tenant, and the workload (issuer, subject) that vouched for it, if one did: an
+/// operator-minted agent and a workload that happen to share an id are not one principal.
+type Principal = (String, String, Option<(String, String)>);
 
 /// Session owners and in-flight request ids, shared by every request of the server.
 pub(super) struct Sessions {
@@ -172,7 +174,7 @@ pub(super) async fn guard(State(s): State<Arc<Sessions>>, req: Request, next: Ne
         return next.run(req).await;
     };
     let who = cred.0.identity();
-    let principal: Principal = (who.agent.clone(), who.tenant.clone());
+    let principal: Principal = (who.agent.clone(), who.tenant.clone(), who.workload.clone());
     let session = session_of(req.headers());
     if let Some(id) = &session {
         let owner = s.lock().owners.get(id).cloned();

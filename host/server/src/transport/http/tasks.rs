@@ -47,7 +47,7 @@ pub(super) async fn create(
 ) -> Response {
     let token = Arc::clone(&ext.0.0);
     // A request that came with a DPoP proof gets a task token bound to the proof's key.
-    let holder = holder.map(|h| h.0.0.to_string());
+    let holder = holder.map(|h| h.0.jkt.to_string());
     match issue(host, token, holder, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
