@@ -266,6 +266,24 @@ impl ClientHandler for Human {
     }
 }
 
+/// The human was asked once, about the request (its purpose, tool and whom it acts for), and the
+/// task `r` begun names them as approver.
+fn assert_asked_and_approved(cg: &Capgate, asked: &[String], r: rmcp::model::CallToolResult) {
+    assert_eq!(asked.len(), 1, "one question");
+    assert!(
+        asked[0].contains("Save the summary")
+            && asked[0].contains("fs_write")
+            && asked[0].contains("carol"),
+        "{}",
+        asked[0]
+    );
+    let id = r.structured_content.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(cg.show_task(&id)["task"]["intent"]["approved_by"], "Alice");
+}
+
 /// An agent token's session begins a task in-band, acts under it, and ends it.
 async fn in_band_flow(client: &Peer<RoleClient>, cg: &Capgate) {
     let readme = json!({"path": "acme/docs/readme.txt"});
@@ -337,19 +355,7 @@ async fn in_band_approval_is_asked_through_elicitation() {
     let client = yes.connect(&cg, &agent).await;
     let r = call_ok(&client, "task_begin", intent.clone()).await;
     let asked = yes.asked.lock().unwrap().clone();
-    assert_eq!(asked.len(), 1);
-    assert!(
-        asked[0].contains("Save the summary")
-            && asked[0].contains("fs_write")
-            && asked[0].contains("carol"),
-        "{}",
-        asked[0]
-    );
-    let id = r.structured_content.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(cg.show_task(&id)["task"]["intent"]["approved_by"], "Alice");
+    assert_asked_and_approved(&cg, &asked, r);
     let summary = json!({"path": "acme/out/summary.txt", "content": "ok"});
     call_ok(&client, "fs_write", summary).await;
     client.cancel().await.unwrap();
@@ -402,17 +408,7 @@ async fn in_band_approval_is_asked_by_round_trip_on_2026_07_28() {
     let r = client.call_tool(begin()).await.unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
     let asked = yes.asked.lock().unwrap().clone();
-    assert_eq!(asked.len(), 1, "one question, one round trip");
-    assert!(
-        asked[0].contains("Save the summary") && asked[0].contains("carol"),
-        "{}",
-        asked[0]
-    );
-    let id = r.structured_content.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(cg.show_task(&id)["task"]["intent"]["approved_by"], "Alice");
+    assert_asked_and_approved(&cg, &asked, r);
     call_ok(
         &client,
         "fs_write",
