@@ -42,6 +42,18 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Prepare the task store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `capgate store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Apply the schema migrations this capgate knows to the configured store (`serve` applies
+    /// them too; run this ahead of a rollout so that replicas start on a ready schema). Refuses
+    /// a schema newer than this capgate knows.
+    Migrate,
 }
 
 /// `capgate serve`.

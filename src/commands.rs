@@ -13,15 +13,26 @@ use capgate_core::Registry;
 use capgate_core::task::{Budget, EndReason, Intent, TaskRecord, Ttl};
 use capgate_core::time::{parse_duration, rfc3339};
 use capgate_server::config::Config;
-use capgate_server::store::{SqliteStore, TaskStore};
+use capgate_server::store;
 use capgate_server::telemetry::{AuditLog, AuditRecord, Providers};
 use capgate_server::{Error, Host, HostBuilder};
 
 use crate::cli::{
-    AuditCommand, KeysCommand, PolicyCommand, TaskBeginArgs, TaskCommand, TokenCommand,
+    AuditCommand, KeysCommand, PolicyCommand, StoreCommand, TaskBeginArgs, TaskCommand,
+    TokenCommand,
 };
 
 type Extend<'a> = &'a dyn Fn(&mut Registry, &Config) -> Result<(), Error>;
+
+pub(crate) fn store(config: &Config, cmd: &StoreCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StoreCommand::Migrate => {
+            let done = store::migrate(config)?;
+            println!("task store {done}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 pub(crate) fn keys(config: &Config, cmd: &KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -136,7 +147,7 @@ pub(crate) fn token(
             // Revoking needs no trust in the token: its first revocation id is only ever
             // matched against tokens that do verify.
             let ids = biscuit_auth_ids(&token)?;
-            let store = SqliteStore::open(&config.store_file())?;
+            let store = store::open(config)?;
             store.revoke(&ids[0], reason)?;
             eprintln!(
                 "capgate: revoked authority block {}; every task and token derived from this token is refused from now on",
@@ -226,13 +237,13 @@ pub(crate) fn task(
                         );
                         Ok(ExitCode::SUCCESS)
                     }
-                    None => bail!("no task `{id}` in {}", host.config().store_file().display()),
+                    None => bail!("no task `{id}` in {}", store::shown(host.config())),
                 },
             }
         }
         TaskCommand::Show { id, json } => show(&config, id, *json),
         TaskCommand::List { limit } => {
-            let store = SqliteStore::open(&config.store_file())?;
+            let store = store::open(&config)?;
             let now = SystemTime::now();
             for t in store.tasks(*limit)? {
                 let state = match (t.end_reason, t.is_active(now)) {
@@ -357,9 +368,9 @@ struct ToolAction {
 }
 
 fn show(config: &Config, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open(&config.store_file())?;
+    let store = store::open(config)?;
     let Some(task) = store.task(id)? else {
-        bail!("no task `{id}` in {}", config.store_file().display());
+        bail!("no task `{id}` in {}", store::shown(config));
     };
     let records: Vec<AuditRecord> = AuditLog::read_all(&config.audit_file(), config.audit.keep)
         .into_iter()

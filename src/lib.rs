@@ -70,6 +70,7 @@ fn run(
         Command::Task(ref t) => commands::task(load_config(&cli)?, t, extend),
         Command::Policy(ref p) => commands::policy(&load_config(&cli)?, p),
         Command::Audit(ref a) => commands::audit(&load_config(&cli)?, a),
+        Command::Store(ref s) => commands::store(&load_config(&cli)?, s),
     }
 }
 

@@ -60,11 +60,39 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The shared (PostgreSQL) store failed, or did not answer within `[store] timeout`.
+    #[error("task store {store}: {doing}")]
+    Shared {
+        /// The database, without its password.
+        store: String,
+        /// What capgate was doing.
+        doing: &'static str,
+        /// The database error, or the timeout.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Nothing was heard from the shared store for longer than `[store] max_staleness`:
+    /// revocations made by other replicas may have been missed.
+    #[error(
+        "task store {store}: not heard from for {} (more than [store] max_staleness = {}); revocations made elsewhere may have been missed",
+        humantime::format_duration(*silent),
+        humantime::format_duration(*max)
+    )]
+    Stale {
+        /// The database, without its password.
+        store: String,
+        /// How long since the store last answered (rounded to milliseconds).
+        silent: std::time::Duration,
+        /// `[store] max_staleness`.
+        max: std::time::Duration,
+    },
     /// The store's schema is newer than this capgate.
-    #[error("task store {}: schema version {found} is newer than this capgate understands ({known}); upgrade capgate", path.display())]
+    #[error(
+        "task store {store}: schema version {found} is newer than this capgate understands ({known}); upgrade capgate"
+    )]
     SchemaTooNew {
         /// The database.
-        path: PathBuf,
+        store: String,
         /// The version found.
         found: i64,
         /// The newest version known here.

@@ -27,7 +27,7 @@ use crate::ledger::TaskLedger;
 use crate::pipeline::{CallOutcome, CallRequest, Caller, Delivery, HostStages, Pipeline, run_call};
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::store::{SqliteStore, TaskStore};
+use crate::store::TaskStore;
 use crate::telemetry::{AuditLog, Providers, Telemetry, TelemetrySettings};
 
 /// A running capgate host. Cheap to clone.
@@ -139,7 +139,7 @@ impl HostBuilder {
 
         let store: Arc<dyn TaskStore> = match self.store {
             Some(s) => s,
-            None => Arc::new(SqliteStore::open(&config.store_file())?),
+            None => crate::store::open(&config)?,
         };
         let ledger = Arc::new(TaskLedger::open(
             Arc::clone(&store),

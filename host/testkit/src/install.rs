@@ -102,6 +102,24 @@ resources = ["globex/"]
         me
     }
 
+    /// `n` installations configured as replicas of one service: `extra` (typically a `[store]`
+    /// table naming a shared database) in every config, one root key (the first one's, named by
+    /// `[keys] root_key_file`, as a secret every replica mounts) and one tool root (the first
+    /// one's workspace); each keeps its own state directory and audit log.
+    pub fn replicas(n: usize, extra: &str) -> Vec<Capgate> {
+        let nodes: Vec<Capgate> = (0..n).map(|_| Self::with_config(extra)).collect();
+        let quoted = |p: &Path| Value::String(p.display().to_string()).to_string();
+        let root = quoted(&nodes[0].root);
+        let key = quoted(&nodes[0].state().join("root.key"));
+        for node in &nodes {
+            let text = std::fs::read_to_string(&node.config).unwrap();
+            let shared = text.replace("root = \"workspace\"", &format!("root = {root}"));
+            assert_ne!(shared, text, "the fixture's tool root moved");
+            node.rewrite_config(&format!("{shared}\n[keys]\nroot_key_file = {key}\n"));
+        }
+        nodes
+    }
+
     pub fn base(&self) -> PathBuf {
         std::fs::canonicalize(self.dir.path()).unwrap()
     }

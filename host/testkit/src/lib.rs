@@ -19,11 +19,13 @@ pub mod faults;
 pub mod fuzz;
 pub mod inproc;
 pub mod install;
+pub mod postgres;
 pub mod server;
 pub mod tools;
 
 pub use client::*;
 pub use install::{Capgate, capgate_bin, example_bin};
+pub use postgres::Postgres;
 pub use server::{Origin, RawSession, Server};
 
 /// The test process's HTTP clients (reqwest, rmcp's client) use rustls with ring, the provider

@@ -45,6 +45,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Who may vouch for agents instead of an operator-minted agent token.
     pub identity: IdentityConfig,
+    /// Where tasks and revocations live: the embedded SQLite file, or a shared PostgreSQL.
+    pub store: StoreConfig,
     /// The local audit log.
     pub audit: AuditConfig,
     /// OpenTelemetry export.
@@ -280,6 +282,45 @@ fn default_agent_template() -> String {
     "{sub}".into()
 }
 
+/// `[store]`: without `url`, tasks live in `<state_dir>/tasks.sqlite3` (one host); with it, in
+/// PostgreSQL, shared by every replica and the CLI that name the same database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `postgres://user[:password]@host[:port]/database[?options]`; `${VAR}` is replaced by the
+    /// environment variable `VAR`, so that a password need not sit in the file.
+    pub url: Option<String>,
+    /// Longest a replica goes on deciding calls on what it last heard from the store; past it,
+    /// calls are refused (a revocation made elsewhere may have been missed).
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+    /// How often the store is asked for revocations even when no notification came (a lost
+    /// notification or a reconnect never leaves a revocation unseen for longer).
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// Longest any one store operation may take before the request gets a 503.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connections per replica.
+    pub pool_size: usize,
+    /// Listen for revocation notifications (`LISTEN`/`NOTIFY`); off, revocations propagate by
+    /// polling only.
+    pub notify: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            max_staleness: Duration::from_secs(2),
+            poll: Duration::from_millis(250),
+            timeout: Duration::from_secs(1),
+            pool_size: 8,
+            notify: true,
+        }
+    }
+}
+
 /// `[audit]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,6 +382,7 @@ impl Default for Config {
             tenants: BTreeMap::new(),
             anomaly: AnomalyConfig::default(),
             identity: IdentityConfig::default(),
+            store: StoreConfig::default(),
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
             dev: DevConfig::default(),

@@ -54,6 +54,36 @@ impl Config {
                 );
             }
         }
+        let store = &self.store;
+        if let Some(url) = &store.url
+            && let Err(msg) = crate::store::PostgresTarget::parse(url)
+        {
+            bad("store.url", msg);
+        }
+        if store.poll.is_zero() {
+            bad(
+                "store.poll",
+                "expected a positive duration such as \"250ms\"".into(),
+            );
+        }
+        if store.timeout.is_zero() {
+            bad(
+                "store.timeout",
+                "expected a positive duration such as \"1s\"".into(),
+            );
+        }
+        if store.max_staleness < store.poll * 2 {
+            bad(
+                "store.max_staleness",
+                format!(
+                    "expected at least twice store.poll ({}), or every missed poll would refuse calls",
+                    humantime::format_duration(store.poll)
+                ),
+            );
+        }
+        if store.pool_size == 0 || store.pool_size > 256 {
+            bad("store.pool_size", "expected 1 to 256 connections".into());
+        }
         if self.policy.max_task_ttl.is_zero() {
             bad(
                 "policy.max_task_ttl",

@@ -1,21 +1,94 @@
 //! The task store: task records, revocations and per-task usage, behind a trait.
 //!
 //! The default is one SQLite file under the state directory ([`SqliteStore`]; WAL mode, so the
-//! CLI and a running server can share it). Invariant: ending a task and revoking its block
+//! CLI and a running server can share it); `[store] url` names a PostgreSQL database instead
+//! ([`PostgresStore`]), shared by every replica and the CLI. Invariant: ending a task and revoking its block
 //! happen in one transaction, so there is never an ended task whose token still works, nor a
 //! revoked block whose task still looks active; and a task is ended at most once, so exactly
 //! one process reports its end.
 
+/// The columns of a task record, in the order both stores read them.
+macro_rules! task_columns {
+    () => {
+        "id, agent, tenant, revocation_id, intent, grant_json, created_at, expires_at, ended_at, \
+         end_reason, trace_id, span_id, revoked_by"
+    };
+}
+
+mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 
+use crate::config::Config;
 use crate::error::Error;
 
+pub use postgres::{PostgresStore, PostgresTarget};
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::revocation_reason;
+
+/// The store the configuration names, opened (and migrated to this capgate's schema).
+pub fn open(config: &Config) -> Result<Arc<dyn TaskStore>, Error> {
+    Ok(match &config.store.url {
+        Some(url) => Arc::new(PostgresStore::open(target(url)?, &config.store)?),
+        None => Arc::new(SqliteStore::open(&config.store_file())?),
+    })
+}
+
+/// Opens the configured store, which applies the migrations this capgate knows (what
+/// `capgate store migrate` runs ahead of a rollout); says where the schema now is.
+pub fn migrate(config: &Config) -> Result<String, Error> {
+    Ok(match &config.store.url {
+        Some(url) => {
+            let store = PostgresStore::open(target(url)?, &config.store)?;
+            format!(
+                "{} is at schema version {}",
+                store.shown(),
+                store.schema_version()
+            )
+        }
+        None => {
+            SqliteStore::open(&config.store_file())?;
+            format!(
+                "{} is at schema version {}",
+                config.store_file().display(),
+                sqlite::SCHEMA_VERSION
+            )
+        }
+    })
+}
+
+/// The store the configuration names, as messages name it (never with a password).
+pub fn shown(config: &Config) -> String {
+    match config.store.url.as_deref().map(PostgresTarget::parse) {
+        Some(Ok(t)) => t.shown().to_owned(),
+        Some(Err(_)) => "the [store] url".to_owned(),
+        None => config.store_file().display().to_string(),
+    }
+}
+
+/// Times are stored as Unix milliseconds: a task span's start must match the real issuance, not
+/// the second it fell in.
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
+fn target(url: &str) -> Result<PostgresTarget, Error> {
+    PostgresTarget::parse(url).map_err(|message| Error::Config {
+        file: "the configuration".into(),
+        key: "store.url".into(),
+        message,
+    })
+}
 
 /// A revoked block.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskReco
 use rusqlite::TransactionBehavior;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Revocation, TaskStore, ToolUsage, UsageDelta};
+use super::{Revocation, TaskStore, ToolUsage, UsageDelta, from_millis, millis};
 use crate::error::Error;
 
 /// The embedded SQLite store.
@@ -22,7 +22,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Schema version 1: tasks, revocations, usage and the revision counter.
 const SCHEMA_V1: &str = "
@@ -122,7 +122,7 @@ impl SqliteStore {
             .map_err(self.fail(DOING))?;
         if version > SCHEMA_VERSION {
             return Err(Error::SchemaTooNew {
-                path: self.path.clone(),
+                store: self.path.display().to_string(),
                 found: version,
                 known: SCHEMA_VERSION,
             });
@@ -189,25 +189,6 @@ pub(crate) fn revocation_reason(reason: EndReason, revoked_by: Option<&str>) -> 
         Some(by) => format!("task {} by {by}", reason.as_str()),
         None => format!("task {}", reason.as_str()),
     }
-}
-
-/// Times are stored as Unix milliseconds: a task span's start must match the real issuance, not
-/// the second it fell in.
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn from_millis(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-macro_rules! task_columns {
-    () => {
-        "id, agent, tenant, revocation_id, intent, grant_json, created_at, expires_at, ended_at, \
-         end_reason, trace_id, span_id, revoked_by"
-    };
 }
 
 const BUMP_REVISION: &str = "UPDATE revision SET value = value + 1 WHERE id = 0";

@@ -111,6 +111,9 @@ impl UsageRecorder {
 }
 
 fn writer(store: Arc<dyn TaskStore>, shared: Arc<Shared>) {
+    // After a failed write the store is asked again even with nothing new: a store that keeps
+    // failed batches (the PostgreSQL one does) sends them then.
+    let mut unconfirmed = false;
     loop {
         let (batch, served, stop) = {
             let mut tally = shared.lock();
@@ -124,10 +127,14 @@ fn writer(store: Arc<dyn TaskStore>, shared: Arc<Shared>) {
             let batch: Vec<UsageDelta> = tally.counts.drain().map(|(_, d)| d).collect();
             (batch, tally.requested, tally.stop)
         };
-        if !batch.is_empty()
-            && let Err(e) = store.add_usage(&batch)
-        {
-            tracing::warn!(target: "capgate", error = %e, tools = batch.len(), "task usage counters not written");
+        if !batch.is_empty() || unconfirmed {
+            match store.add_usage(&batch) {
+                Ok(()) => unconfirmed = false,
+                Err(e) => {
+                    unconfirmed = true;
+                    tracing::warn!(target: "capgate", error = %e, tools = batch.len(), "task usage counters not written yet");
+                }
+            }
         }
         {
             let mut tally = shared.lock();
