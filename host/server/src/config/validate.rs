@@ -60,19 +60,23 @@ impl Config {
         {
             bad("store.url", msg);
         }
-        if store.poll.is_zero() {
+        // Bounded above too: a store that may stay silent for hours is not one replicas share.
+        let hour = std::time::Duration::from_secs(3600);
+        if store.poll.is_zero() || store.poll > hour {
             bad(
                 "store.poll",
-                "expected a positive duration such as \"250ms\"".into(),
+                "expected a positive duration up to an hour, such as \"250ms\"".into(),
             );
         }
-        if store.timeout.is_zero() {
+        if store.timeout.is_zero() || store.timeout > std::time::Duration::from_secs(60) {
             bad(
                 "store.timeout",
-                "expected a positive duration such as \"1s\"".into(),
+                "expected a positive duration up to a minute, such as \"1s\"".into(),
             );
         }
-        if store.max_staleness < store.poll * 2 {
+        if store.max_staleness > hour {
+            bad("store.max_staleness", "expected at most an hour".into());
+        } else if store.max_staleness < store.poll.saturating_mul(2) {
             bad(
                 "store.max_staleness",
                 format!(

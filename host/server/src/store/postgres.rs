@@ -221,6 +221,8 @@ struct Heard {
     origin: Instant,
     /// The newest revision seen (by a poll or a notification).
     revision: AtomicU64,
+    /// Connections the watcher has made; part of the change counter.
+    generation: AtomicU64,
     /// When the newest successful poll was *sent*, in ms since `origin`: every revocation
     /// committed before that instant is reflected in `revision`.
     at_ms: AtomicU64,
@@ -232,7 +234,9 @@ impl Heard {
     }
 
     fn polled(&self, sent_ms: u64, revision: u64) {
-        self.revision.fetch_max(revision, Ordering::AcqRel);
+        // As read, not the larger of the two: a counter that went down (a restored database)
+        // must still read as a change, or the revocations made after it would go unseen.
+        self.revision.store(revision, Ordering::Release);
         self.at_ms.fetch_max(sent_ms, Ordering::AcqRel);
     }
 
@@ -269,10 +273,29 @@ impl PostgresStore {
             .build()
             .map_err(|e| Error::io("starting the task store's runtime", e))?;
         let mut pg = target.config.clone();
+        // The server gives up when capgate would: no statement or lock wait outlives the
+        // caller's timeout, and a transaction whose client vanished between statements (its row
+        // lock on the revision counter would stall every revocation) is ended within seconds,
+        // not when TCP keepalive notices.
+        let ms = |d: Duration| d.as_millis().max(1);
+        let orphan = (settings.timeout * 5).max(Duration::from_secs(5));
+        let mut options = pg
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        options.push_str(&format!(
+            "-c statement_timeout={t} -c lock_timeout={t} -c idle_in_transaction_session_timeout={o}",
+            t = ms(settings.timeout),
+            o = ms(orphan),
+        ));
         pg.connect_timeout(settings.timeout)
             .application_name("capgate")
+            .options(options)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(orphan);
         let target = Arc::new(PostgresTarget {
             config: pg.clone(),
             shown: target.shown,
@@ -299,6 +322,7 @@ impl PostgresStore {
         let heard = Arc::new(Heard {
             origin: Instant::now(),
             revision: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             at_ms: AtomicU64::new(0),
         });
         let mut store = PostgresStore {
@@ -346,19 +370,35 @@ impl PostgresStore {
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let limit = self.timeout;
+        let pool = self.pool.clone();
         self.handle.spawn(async move {
             let out = match tokio::time::timeout(limit, op).await {
                 Ok(r) => r,
-                Err(_) => Err(Fail::TimedOut(limit)),
+                Err(_) => {
+                    // The connection that timed out went back to the pool with the operation
+                    // dropped; it, and its idle siblings, may be dead sockets. Fresh ones are
+                    // made on demand.
+                    pool.retain(|_, _| false);
+                    Err(Fail::TimedOut(limit))
+                }
             };
             let _ = tx.send(out);
         });
         // The runtime's own timer bounds the wait; this one only covers a runtime that cannot
         // run at all.
-        let out = match rx.recv_timeout(limit + Duration::from_millis(250)) {
+        let wait = || match rx.recv_timeout(limit.saturating_add(Duration::from_millis(250))) {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Fail::TimedOut(limit)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Fail::Gone),
+        };
+        // Called from an async worker of the server's runtime (the door, the ledger), the wait
+        // hands that worker's other tasks to another thread first, so a slow store slows the
+        // requests that need it, not every request the worker holds.
+        let out = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
         };
         out.map_err(|f| Error::Shared {
             store: self.target.shown.clone(),
@@ -371,7 +411,25 @@ impl PostgresStore {
         let pool = self.pool.clone();
         let found = self.run("migrating the schema", async move {
             let mut client = pool.get().await?;
+            // Read first: a database already at this version needs no lock and no CREATE
+            // right, so a least-privileged role (the CLI's, a replica's) can open it.
+            match client
+                .query_opt("SELECT version FROM capgate_schema WHERE id = 0", &[])
+                .await
+            {
+                Ok(Some(row)) => {
+                    let found: i32 = row.try_get(0)?;
+                    if found >= SCHEMA_VERSION {
+                        return Ok(found);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
+                Err(e) => return Err(e.into()),
+            }
             let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL statement_timeout = '60s'; SET LOCAL lock_timeout = '60s'")
+                .await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
             tx.batch_execute(
@@ -384,7 +442,8 @@ impl PostgresStore {
             let found: i32 = tx
                 .query_opt("SELECT version FROM capgate_schema WHERE id = 0", &[])
                 .await?
-                .map(|r| r.get(0))
+                .map(|r| r.try_get(0))
+                .transpose()?
                 .unwrap_or(0);
             if found > SCHEMA_VERSION {
                 return Ok(found);
@@ -420,7 +479,7 @@ impl PostgresStore {
             let row = client
                 .query_one("SELECT value FROM capgate_revision WHERE id = 0", &[])
                 .await?;
-            Ok(row.get::<_, i64>(0).max(0) as u64)
+            Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
         })
     }
 
@@ -472,7 +531,9 @@ async fn watch(
     loop {
         match tokio::time::timeout(timeout, target.config.connect(NoTls)).await {
             Ok(Ok((client, mut connection))) => {
-                backoff = Duration::from_millis(50);
+                // A new connection may be to another server (a failover, a restore) whose
+                // counter is not the one this replica compared against: the next look reloads.
+                heard.generation.fetch_add(1, Ordering::AcqRel);
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let driver = tokio::spawn(async move {
                     let mut messages =
@@ -489,8 +550,14 @@ async fn watch(
                         }
                     }
                 });
-                let why = watch_on(&client, &mut rx, &heard, poll, timeout, notify).await;
+                let mut polled = false;
+                let why =
+                    watch_on(&client, &mut rx, &heard, poll, timeout, notify, &mut polled).await;
                 driver.abort();
+                // Backoff starts over only once a connection proved itself with a poll.
+                if polled {
+                    backoff = Duration::from_millis(50);
+                }
                 tracing::warn!(target: "capgate", store = %target.shown, "lost the store's revocation feed ({why}); reconnecting");
             }
             Ok(Err(e)) => {
@@ -513,6 +580,7 @@ async fn watch_on(
     poll: Duration,
     timeout: Duration,
     notify: bool,
+    polled: &mut bool,
 ) -> String {
     if notify {
         match tokio::time::timeout(timeout, client.batch_execute(&format!("LISTEN {CHANNEL}")))
@@ -537,7 +605,13 @@ async fn watch_on(
         // Sent before it is answered: everything committed before this instant is counted.
         let sent = heard.now_ms();
         match tokio::time::timeout(timeout, client.query_one(&stmt, &[])).await {
-            Ok(Ok(row)) => heard.polled(sent, row.get::<_, i64>(0).max(0) as u64),
+            Ok(Ok(row)) => match row.try_get::<_, i64>(0) {
+                Ok(v) => {
+                    heard.polled(sent, v.max(0) as u64);
+                    *polled = true;
+                }
+                Err(e) => return e.to_string(),
+            },
             Ok(Err(e)) => return e.to_string(),
             Err(_) => return "the poll timed out".into(),
         }
@@ -993,7 +1067,12 @@ impl TaskStore for PostgresStore {
                 max: self.max_staleness,
             });
         }
-        Ok(self.heard.revision.load(Ordering::Acquire))
+        let generation = self.heard.generation.load(Ordering::Acquire);
+        Ok(self
+            .heard
+            .revision
+            .load(Ordering::Acquire)
+            .wrapping_add(generation << 48))
     }
 }
 
