@@ -8,48 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
 
-use capgate_core::task::{Budget, EndReason, Intent, TaskGrant, TaskRecord};
+use capgate_core::task::{Budget, EndReason};
 use capgate_server::config::StoreConfig;
 use capgate_server::error::Error;
 use capgate_server::store::{PostgresStore, PostgresTarget, SqliteStore, TaskStore, UsageDelta};
 use capgate_testkit::Postgres;
-
-fn record(id: &str, rid: &str, expires_in: i64) -> TaskRecord {
-    let now = SystemTime::now();
-    let expires_at = if expires_in >= 0 {
-        now + Duration::from_secs(expires_in as u64)
-    } else {
-        now - Duration::from_secs((-expires_in) as u64)
-    };
-    let mut tools = BTreeMap::new();
-    tools.insert("fs_read".to_owned(), vec!["/ws/".to_owned()]);
-    TaskRecord {
-        id: id.into(),
-        agent: "agent-1".into(),
-        tenant: "acme".into(),
-        revocation_id: rid.into(),
-        intent: Intent {
-            purpose: "read the docs".into(),
-            tools: vec!["fs_read".into()],
-            ..Intent::default()
-        },
-        grant: TaskGrant {
-            task_id: id.into(),
-            tools,
-            expires_at,
-            budget: None,
-            workload: None,
-            holder: None,
-        },
-        created_at: now,
-        expires_at,
-        ended_at: None,
-        end_reason: None,
-        revoked_by: None,
-        trace_id: "0".repeat(32),
-        span_id: "1".repeat(16),
-    }
-}
+use capgate_testkit::inproc::task_record as record;
 
 fn settings(url: &str) -> StoreConfig {
     StoreConfig {

@@ -1,12 +1,13 @@
 //! An in-process host over a scratch state directory: the real guard, issuer, store and audit
 //! log, without a process or a socket in between.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use capgate_authz::token::{AgentGrant, RootKey, mint_agent_token};
 use capgate_authz::{Channel, IssuanceError, IssuedTask, Transport};
-use capgate_core::task::Intent;
+use capgate_core::task::{Intent, TaskGrant, TaskRecord};
 use capgate_server::telemetry::Providers;
 use capgate_server::{Config, Host, HostBuilder};
 use rmcp::service::ServiceExt;
@@ -105,6 +106,44 @@ pub fn intent(purpose: &str, tools: &[&str]) -> Intent {
         tools: tools.iter().map(|t| (*t).to_owned()).collect(),
         approved_by: Some("tester".into()),
         ..Intent::default()
+    }
+}
+
+/// A task record as issuance stores it, for tests of the stores: agent `agent-1` of tenant
+/// `acme`, `fs_read` on `/ws/`, expiring `expires_in` seconds from now (negative: already).
+pub fn task_record(id: &str, revocation_id: &str, expires_in: i64) -> TaskRecord {
+    let now = SystemTime::now();
+    let expires_at = if expires_in >= 0 {
+        now + Duration::from_secs(expires_in as u64)
+    } else {
+        now - Duration::from_secs(expires_in.unsigned_abs())
+    };
+    let tools = BTreeMap::from([("fs_read".to_owned(), vec!["/ws/".to_owned()])]);
+    TaskRecord {
+        id: id.into(),
+        agent: "agent-1".into(),
+        tenant: "acme".into(),
+        revocation_id: revocation_id.into(),
+        intent: Intent {
+            purpose: "read the docs".into(),
+            tools: vec!["fs_read".into()],
+            ..Intent::default()
+        },
+        grant: TaskGrant {
+            task_id: id.into(),
+            tools,
+            expires_at,
+            budget: None,
+            workload: None,
+            holder: None,
+        },
+        created_at: now,
+        expires_at,
+        ended_at: None,
+        end_reason: None,
+        revoked_by: None,
+        trace_id: "0".repeat(32),
+        span_id: "1".repeat(16),
     }
 }
 

@@ -240,6 +240,11 @@ impl Heard {
         self.at_ms.fetch_max(sent_ms, Ordering::AcqRel);
     }
 
+    /// This replica committed a revocation that brought the counter to `revision`.
+    fn wrote(&self, revision: u64) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
     fn silent(&self) -> Duration {
         Duration::from_millis(
             self.now_ms()
@@ -681,9 +686,16 @@ const MAX_PENDING_USAGE: usize = 3000;
 const USAGE_BATCH_MEMORY_MS: i64 = 3_600_000;
 
 /// Bumps the revision and announces it; the notification is delivered when (and only if) the
-/// transaction commits.
+/// transaction commits. Returns the new revision.
 const BUMP_REVISION: &str = "WITH r AS (UPDATE capgate_revision SET value = value + 1 WHERE id = 0 RETURNING value) \
-     SELECT pg_notify('capgate_revocation', value::text) FROM r";
+     SELECT value, pg_notify('capgate_revocation', value::text)::text FROM r";
+
+/// Bumps the revision inside `tx`; once `tx` commits, [`Heard::wrote`] with the result makes the
+/// replica's own revocation a change at once, without waiting for its notification.
+async fn bump_revision(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, Fail> {
+    let row = tx.query_one(BUMP_REVISION, &[]).await?;
+    Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
+}
 
 fn row_to_task(row: &Row) -> Result<TaskRecord, Fail> {
     let intent: String = row.try_get(4)?;
@@ -786,6 +798,7 @@ impl TaskStore for PostgresStore {
         let pool = self.pool.clone();
         let id = id.to_owned();
         let revoked_by = revoked_by.map(str::to_owned);
+        let heard = Arc::clone(&self.heard);
         self.run("ending a task", async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
@@ -813,8 +826,9 @@ impl TaskStore for PostgresStore {
                 ],
             )
             .await?;
-            tx.query(BUMP_REVISION, &[]).await?;
+            let revision = bump_revision(&tx).await?;
             tx.commit().await?;
+            heard.wrote(revision);
             Ok(Some(task))
         })
     }
@@ -823,6 +837,7 @@ impl TaskStore for PostgresStore {
         let pool = self.pool.clone();
         let id = revocation_id.to_owned();
         let reason = reason.to_owned();
+        let heard = Arc::clone(&self.heard);
         self.run("revoking a block", async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
@@ -835,10 +850,15 @@ impl TaskStore for PostgresStore {
                     &[&id, &reason, &millis(SystemTime::now())],
                 )
                 .await?;
-            if inserted > 0 {
-                tx.query(BUMP_REVISION, &[]).await?;
-            }
+            let revision = if inserted > 0 {
+                Some(bump_revision(&tx).await?)
+            } else {
+                None
+            };
             tx.commit().await?;
+            if let Some(r) = revision {
+                heard.wrote(r);
+            }
             Ok(inserted > 0)
         })
     }

@@ -535,45 +535,7 @@ impl TaskStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capgate_core::task::{Intent, TaskGrant};
-    use std::collections::BTreeMap;
-
-    fn record(id: &str, rid: &str, expires_in: i64) -> TaskRecord {
-        let now = SystemTime::now();
-        let expires_at = if expires_in >= 0 {
-            now + Duration::from_secs(expires_in as u64)
-        } else {
-            now - Duration::from_secs((-expires_in) as u64)
-        };
-        let mut tools = BTreeMap::new();
-        tools.insert("fs_read".to_owned(), vec!["/ws/".to_owned()]);
-        TaskRecord {
-            id: id.into(),
-            agent: "a".into(),
-            tenant: "t".into(),
-            revocation_id: rid.into(),
-            intent: Intent {
-                purpose: "p".into(),
-                tools: vec!["fs_read".into()],
-                ..Intent::default()
-            },
-            grant: TaskGrant {
-                task_id: id.into(),
-                tools,
-                expires_at,
-                budget: None,
-                workload: None,
-                holder: None,
-            },
-            created_at: now,
-            expires_at,
-            ended_at: None,
-            end_reason: None,
-            revoked_by: None,
-            trace_id: "0".repeat(32),
-            span_id: "1".repeat(16),
-        }
-    }
+    use capgate_testkit::inproc::task_record as record;
 
     #[test]
     fn ending_revokes_once_and_survives_reopen() {
