@@ -84,6 +84,19 @@ struct Opts {
     /// `store_poll = "100ms"`, to measure a setting end to end.
     #[arg(long, value_name = "TOML", default_value = "")]
     guard_config: String,
+    /// Instead of the load runs, count per call from outside, guarded and unguarded: user-space
+    /// instructions (`valgrind --tool=callgrind`), syscalls and futex calls (`strace -f -c`)
+    /// and heap allocations (`valgrind --tool=dhat`), each as the difference of a run of
+    /// `--count-calls` more calls and a run of 100 calls, so start-up and shutdown cancel out.
+    #[arg(long)]
+    count: bool,
+    /// Extra calls of the longer counted run.
+    #[arg(long, default_value_t = 500)]
+    count_calls: usize,
+    /// Where the counted runs leave valgrind's and strace's files (for `callgrind_annotate`);
+    /// by default the scratch directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    count_dir: Option<PathBuf>,
     /// `cargo bench` passes `--bench`; without it (`cargo test --benches`) nothing runs.
     #[arg(long, hide = true)]
     bench: bool,
@@ -379,12 +392,31 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) the processes have used so far, in clock ticks (`/proc/<pid>/stat`
+/// fields 14 and 15; exited threads included).
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // The command name (field 2) may hold spaces; the fields after it are plain.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
 /// What one measured run produced.
 #[derive(Default)]
 struct Run {
     latencies: Vec<Duration>,
     errors: u64,
     seconds: f64,
+    /// Server CPU ticks used in the measured window.
+    cpu_ticks: u64,
 }
 
 /// Every client calls `echo` in a closed loop (next call when the last answered) for `warmup`
@@ -426,6 +458,8 @@ async fn run_load(pool: &Pool, warmup: Duration, duration: Duration) -> Run {
             (lat, errors, last)
         });
     }
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = cpu_ticks(&pool.pids);
     let mut run = Run::default();
     let mut end = from;
     while let Some(r) = set.join_next().await {
@@ -435,6 +469,7 @@ async fn run_load(pool: &Pool, warmup: Duration, duration: Duration) -> Run {
         end = end.max(last);
     }
     run.seconds = end.duration_since(from).as_secs_f64();
+    run.cpu_ticks = cpu_ticks(&pool.pids).saturating_sub(cpu_from);
     run
 }
 
@@ -455,11 +490,17 @@ struct Measured {
     p99: Duration,
     rss_max_kib: u64,
     rss_sum_kib: u64,
+    cpu_ticks: u64,
 }
 
 impl Measured {
     fn rate(&self) -> f64 {
         self.calls as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Server CPU time per call, in µs (10 ms resolution over the whole run).
+    fn cpu_per_call_us(&self) -> f64 {
+        self.cpu_ticks as f64 / TICKS_PER_SECOND * 1e6 / (self.calls.max(1) as f64)
     }
 }
 
@@ -484,6 +525,7 @@ fn merge(variant: Variant, runs: Vec<Run>, rss: (u64, u64)) -> Measured {
         p99: pct(0.99),
         rss_max_kib: rss.0,
         rss_sum_kib: rss.1,
+        cpu_ticks: runs.iter().map(|r| r.cpu_ticks).sum(),
     }
 }
 
@@ -518,13 +560,14 @@ fn label(v: Variant, opts: &Opts) -> String {
 
 fn print_header() {
     println!(
-        "{:<6} {:>7} {:<10} {:>10} {:>9} {:>9} {:>7} {:>13} {:>13}",
+        "{:<6} {:>7} {:<10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>13} {:>13}",
         "trans",
         "clients",
         "server",
         "calls/s",
         "p50 µs",
         "p99 µs",
+        "CPU µs",
         "errors",
         "peak RSS MiB",
         "RSS sum MiB"
@@ -533,13 +576,14 @@ fn print_header() {
 
 fn print_row(transport: &str, n: usize, m: &Measured, opts: &Opts) {
     println!(
-        "{:<6} {:>7} {:<10} {:>10.0} {:>9.0} {:>9.0} {:>7} {:>13.1} {:>13.1}",
+        "{:<6} {:>7} {:<10} {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>7} {:>13.1} {:>13.1}",
         transport,
         n,
         label(m.variant, opts),
         m.rate(),
         m.p50.as_secs_f64() * 1e6,
         m.p99.as_secs_f64() * 1e6,
+        m.cpu_per_call_us(),
         m.errors,
         m.rss_max_kib as f64 / 1024.0,
         m.rss_sum_kib as f64 / 1024.0,
@@ -547,7 +591,14 @@ fn print_row(transport: &str, n: usize, m: &Measured, opts: &Opts) {
 }
 
 async fn drive(opts: Opts) -> Result<(), String> {
-    let setup = Setup::create(&opts.guard_config)?;
+    // Under valgrind everything runs some fifty times slower: the Datalog time limit would
+    // refuse calls that take microseconds natively.
+    let guard = if opts.count && !opts.guard_config.contains("max_time") {
+        format!("{}\nmax_time = \"10s\"", opts.guard_config)
+    } else {
+        opts.guard_config.clone()
+    };
+    let setup = Setup::create(&guard)?;
     println!(
         "load: {} s measured + {} s warm-up per run, {} rounds, clients {:?}{}",
         opts.duration.as_secs_f64(),
@@ -560,6 +611,9 @@ async fn drive(opts: Opts) -> Result<(), String> {
             format!(", capgate [guard] {}", opts.guard_config)
         }
     );
+    if opts.count {
+        return count::run(&setup, &opts).await;
+    }
     let started = Instant::now();
     let mut ratios = Vec::new();
     print_header();
@@ -574,13 +628,18 @@ async fn drive(opts: Opts) -> Result<(), String> {
             for x in &m {
                 print_row("http", n, x, &opts);
             }
-            ratios.push(("http", n, m[0].rate() / m[1].rate().max(1e-9)));
+            ratios.push((
+                "http",
+                n,
+                m[0].rate() / m[1].rate().max(1e-9),
+                m[0].cpu_per_call_us() - m[1].cpu_per_call_us(),
+            ));
             for p in pools {
                 p.close().await;
             }
         }
         println!();
-        for (t, n, r) in &ratios {
+        for (t, n, r, _) in &ratios {
             println!(
                 "ratio capgate/{} calls/s, {t}, {n:>2} clients: {r:.2}",
                 opts.compare_name
@@ -609,15 +668,24 @@ async fn drive(opts: Opts) -> Result<(), String> {
             for x in &m {
                 print_row(transport, n, x, &opts);
             }
-            ratios.push((transport.as_str(), n, m[0].rate() / m[1].rate().max(1e-9)));
+            ratios.push((
+                transport.as_str(),
+                n,
+                m[0].rate() / m[1].rate().max(1e-9),
+                m[0].cpu_per_call_us() - m[1].cpu_per_call_us(),
+            ));
             for p in pools {
                 p.close().await;
             }
         }
     }
     println!();
-    for (t, n, r) in &ratios {
-        println!("ratio guarded/unguarded calls/s, {t:<5}, {n:>2} clients: {r:.3}");
+    for (t, n, r, cpu) in &ratios {
+        // capgate only adds work: a ratio above 1 is the machine's noise, never a win.
+        let noise = if *r > 1.0 { " (above 1: noise)" } else { "" };
+        println!(
+            "ratio guarded/unguarded calls/s, {t:<5}, {n:>2} clients: {r:.3}{noise}; server CPU per call {cpu:+.1} µs"
+        );
     }
 
     if opts.sessions > 0 {
@@ -683,6 +751,325 @@ async fn open_sessions(
     }
     drop(server);
     Ok((idle, rss, hwm))
+}
+
+/// Counting from outside: the same server commands, run under valgrind or strace, driven by one
+/// client making calls one after another.
+mod count {
+    use super::*;
+
+    /// What is counted, and by which wrapper.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Counter {
+        Instructions,
+        Syscalls,
+        Allocations,
+    }
+
+    /// One run's totals.
+    #[derive(Default, Clone, Copy)]
+    struct Totals {
+        instructions: f64,
+        syscalls: f64,
+        futex: f64,
+        allocations: f64,
+        bytes: f64,
+    }
+
+    impl Totals {
+        fn per_call(long: Totals, short: Totals, calls: usize) -> Totals {
+            let d = |a: f64, b: f64| (a - b) / calls as f64;
+            Totals {
+                instructions: d(long.instructions, short.instructions),
+                syscalls: d(long.syscalls, short.syscalls),
+                futex: d(long.futex, short.futex),
+                allocations: d(long.allocations, short.allocations),
+                bytes: d(long.bytes, short.bytes),
+            }
+        }
+
+        fn add(&mut self, c: Counter, other: Totals) {
+            match c {
+                Counter::Instructions => self.instructions = other.instructions,
+                Counter::Syscalls => {
+                    self.syscalls = other.syscalls;
+                    self.futex = other.futex;
+                }
+                Counter::Allocations => {
+                    self.allocations = other.allocations;
+                    self.bytes = other.bytes;
+                }
+            }
+        }
+    }
+
+    /// The first calls of every run, which the longer run repeats.
+    const BASE_CALLS: usize = 100;
+
+    pub(super) async fn run(setup: &Setup, opts: &Opts) -> Result<(), String> {
+        for tool in ["valgrind", "strace"] {
+            let found = std::process::Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !found {
+                return Err(format!("--count needs `{tool}` on PATH"));
+            }
+        }
+        println!(
+            "count: per call = (run of {} calls - run of {BASE_CALLS} calls) / {}, one client, calls one after another",
+            BASE_CALLS + opts.count_calls,
+            opts.count_calls
+        );
+        println!(
+            "{:<6} {:<10} {:>12} {:>10} {:>8} {:>10} {:>10}",
+            "trans", "server", "instr/call", "sys/call", "futex", "allocs", "bytes"
+        );
+        for transport in &opts.transports {
+            let http = match transport.as_str() {
+                "http" => true,
+                "stdio" => false,
+                other => return Err(format!("unknown transport `{other}` (stdio, http)")),
+            };
+            let mut per = Vec::new();
+            for variant in [Variant::Guarded, Variant::Unguarded] {
+                let mut t = Totals::default();
+                for c in [
+                    Counter::Instructions,
+                    Counter::Syscalls,
+                    Counter::Allocations,
+                ] {
+                    let short = measure(setup, opts, variant, http, c, BASE_CALLS).await?;
+                    let long =
+                        measure(setup, opts, variant, http, c, BASE_CALLS + opts.count_calls)
+                            .await?;
+                    t.add(c, Totals::per_call(long, short, opts.count_calls));
+                }
+                print_counts(transport, &label(variant, opts), &t);
+                per.push(t);
+            }
+            let d = Totals {
+                instructions: per[0].instructions - per[1].instructions,
+                syscalls: per[0].syscalls - per[1].syscalls,
+                futex: per[0].futex - per[1].futex,
+                allocations: per[0].allocations - per[1].allocations,
+                bytes: per[0].bytes - per[1].bytes,
+            };
+            print_counts(transport, "extra", &d);
+        }
+        Ok(())
+    }
+
+    fn print_counts(transport: &str, who: &str, t: &Totals) {
+        println!(
+            "{:<6} {:<10} {:>12.0} {:>10.1} {:>8.1} {:>10.1} {:>10.0}",
+            transport, who, t.instructions, t.syscalls, t.futex, t.allocations, t.bytes
+        );
+    }
+
+    /// One counted run of `calls` calls.
+    async fn measure(
+        setup: &Setup,
+        opts: &Opts,
+        variant: Variant,
+        http: bool,
+        counter: Counter,
+        calls: usize,
+    ) -> Result<Totals, String> {
+        let dir = opts.count_dir.as_deref().unwrap_or(&setup.workdir);
+        let out = dir.join(format!(
+            "count-{}-{}-{}-{calls}.out",
+            label_of(variant),
+            if http { "http" } else { "stdio" },
+            match counter {
+                Counter::Instructions => "callgrind",
+                Counter::Syscalls => "strace",
+                Counter::Allocations => "dhat",
+            }
+        ));
+        let _ = std::fs::remove_file(&out);
+        let log = out.with_extension("log");
+        let wrapper: Vec<String> = match counter {
+            Counter::Instructions => vec![
+                "valgrind".into(),
+                "--tool=callgrind".into(),
+                format!("--callgrind-out-file={}", out.display()),
+                format!("--log-file={}", log.display()),
+            ],
+            Counter::Allocations => vec![
+                "valgrind".into(),
+                "--tool=dhat".into(),
+                "--dhat-out-file=/dev/null".into(),
+                format!("--log-file={}", out.display()),
+            ],
+            Counter::Syscalls => vec![
+                "strace".into(),
+                "-f".into(),
+                "-c".into(),
+                "-o".into(),
+                out.display().to_string(),
+            ],
+        };
+        let inner = setup.command(variant, http).into_std();
+        let mut cmd = std::process::Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        if let Some(d) = inner.get_current_dir() {
+            cmd.current_dir(d);
+        }
+        // Its own process group, so that a signal reaches the wrapper and the server alike.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut cmd = tokio::process::Command::from(cmd);
+        if http {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("spawning {wrapper:?}: {e}"))?;
+            let url = listening_url(&mut child).await?;
+            let client = http_client(&url, Some(&setup.token)).await?;
+            call_n(&client, calls).await?;
+            let _ = client.cancel().await;
+            let pid = child.id().ok_or("the counted server has no pid")?;
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .status();
+            finish(&mut child).await?;
+        } else {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("spawning {wrapper:?}: {e}"))?;
+            let stdin = child.stdin.take().ok_or("no stdin")?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            let client = ()
+                .serve((stdout, stdin))
+                .await
+                .map_err(|e| format!("stdio client cannot initialize: {e}"))?;
+            call_n(&client, calls).await?;
+            // Closing stdin ends the session; the server exits by itself and the wrapper
+            // writes its counts.
+            let _ = client.cancel().await;
+            finish(&mut child).await?;
+        }
+        read_totals(counter, &out)
+    }
+
+    fn label_of(v: Variant) -> &'static str {
+        match v {
+            Variant::Guarded => "guarded",
+            Variant::Unguarded => "unguarded",
+            Variant::External => "external",
+        }
+    }
+
+    async fn listening_url(child: &mut tokio::process::Child) -> Result<String, String> {
+        use tokio::io::AsyncBufReadExt as _;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let found = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("serving MCP at ").nth(1) {
+                    return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the counted HTTP server did not say where it listens")?;
+        // Keep draining, so a chatty server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(found)
+    }
+
+    async fn finish(child: &mut tokio::process::Child) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(120), child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("waiting for the counted server: {e}")),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err("the counted server did not exit within 120 s".into())
+            }
+        }
+    }
+
+    async fn call_n(client: &Client, calls: usize) -> Result<(), String> {
+        let text = "hello from the counting client";
+        let params = CallToolRequestParams::new(ECHO).with_arguments(args(json!({"text": text})));
+        for _ in 0..calls {
+            let r = client
+                .call_tool(params.clone())
+                .await
+                .map_err(|e| format!("counted call: {e}"))?;
+            if first_text(&r) != Some(text) {
+                return Err(format!("counted call: unexpected answer {r:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A number as valgrind prints it (`1,234,567`).
+    fn number(s: &str) -> Option<f64> {
+        s.replace(',', "").parse().ok()
+    }
+
+    fn read_totals(counter: Counter, out: &std::path::Path) -> Result<Totals, String> {
+        let text = std::fs::read_to_string(out)
+            .map_err(|e| format!("reading the counts in {}: {e}", out.display()))?;
+        let mut t = Totals::default();
+        match counter {
+            Counter::Instructions => {
+                // Every thread's costs are in one file; `summary:` is their total.
+                t.instructions = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("summary:"))
+                    .and_then(|n| number(n.trim()))
+                    .ok_or_else(|| format!("no `summary:` in {}", out.display()))?;
+            }
+            Counter::Allocations => {
+                // `==pid== Total:     12,345 bytes in 678 blocks`
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("Total:"))
+                    .ok_or_else(|| format!("no `Total:` in {}", out.display()))?;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let at = |w: &str| words.iter().position(|x| *x == w);
+                let (b, i) = at("bytes").zip(at("in")).ok_or("unreadable dhat total")?;
+                t.bytes = number(words[b - 1]).ok_or("unreadable dhat bytes")?;
+                t.allocations = number(words[i + 1]).ok_or("unreadable dhat blocks")?;
+            }
+            Counter::Syscalls => {
+                // `% time seconds usecs/call calls [errors] syscall`: calls is the 4th column.
+                for l in text.lines() {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if w.len() < 5 {
+                        continue;
+                    }
+                    let Some(calls) = number(w[3]) else { continue };
+                    match w[w.len() - 1] {
+                        "total" => t.syscalls = calls,
+                        "futex" => t.futex = calls,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
 }
 
 /// The unguarded server: rmcp and the echo tool, nothing else.

@@ -370,8 +370,14 @@ pub fn install_tracing(providers: &Providers) {
             .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target("capgate::call", LevelFilter::INFO))
     });
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    // Not `.with(Option<layer>)`: an absent optional layer declares interest in every callsite,
+    // which switches off the global level hint, so every span of every crate (capgate's call
+    // spans, rmcp's) would be built and entered on every call only to be dropped.
+    let _ = match otel {
+        Some(otel) => tracing_subscriber::registry()
+            .with(fmt)
+            .with(otel)
+            .try_init(),
+        None => tracing_subscriber::registry().with(fmt).try_init(),
+    };
 }
