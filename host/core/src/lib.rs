@@ -9,11 +9,13 @@
 //! * [`task`]: tasks as agents ask for them, issuance grants them and the store keeps them;
 //! * [`vocab`]: the Biscuit vocabulary, one constant per fact;
 //! * [`time`]: time as tokens and records spell it;
-//! * [`section`]: the config section a tool pack owns.
+//! * [`section`]: the config section a tool pack owns;
+//! * [`canon`]: the one spelling of URL and path resources.
 //!
 //! Invariant: nothing here decides or records anything. The core holds the door and the words;
 //! the layers above supply the guard (capgate-authz) and the audit log (capgate-server).
 
+pub mod canon;
 pub mod context;
 pub mod door;
 pub mod error;
