@@ -20,6 +20,7 @@ pub use capgate_authz as authz;
 pub use capgate_core as core;
 pub use capgate_server as server;
 pub use capgate_tools as tools;
+pub use capgate_upstream as upstream;
 
 use capgate_core::Registry;
 use capgate_server::{Config, Error};
@@ -98,13 +99,23 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Builds the registry: built-in tools, then the extension's. `root` overrides `[tools.fs]
+/// The `[[upstream]]` servers of a config, not started.
+pub(crate) fn gateway(config: &Config) -> anyhow::Result<capgate_upstream::Gateway> {
+    let entries = config
+        .upstream
+        .entries::<capgate_upstream::UpstreamConfig>()?;
+    Ok(capgate_upstream::Gateway::new(entries)?)
+}
+
+/// Builds the registry: built-in tools, the upstreams' (declared ones only unless `gateway`
+/// was started and listed its tools), then the extension's. `root` overrides `[tools.fs]
 /// root` (`serve --root`). A `[tools.*]` table no pack read is refused.
 pub(crate) fn registry(
     config: &Config,
     root: Option<PathBuf>,
+    gateway: &capgate_upstream::Gateway,
     extend: &dyn Fn(&mut Registry, &Config) -> Result<(), Error>,
-) -> anyhow::Result<Registry> {
+) -> anyhow::Result<(Registry, Vec<String>)> {
     let mut builtin = capgate_tools::BuiltinConfig {
         fs: config.tools.section("fs")?,
         http_fetch: config.tools.section("http_fetch")?,
@@ -115,9 +126,10 @@ pub(crate) fn registry(
     builtin.fs.hidden = own_state(config);
     let mut registry = Registry::new();
     capgate_tools::register_builtin(&mut registry, &builtin)?;
+    let notes = gateway.register(&mut registry)?;
     extend(&mut registry, config)?;
     config.tools.check_claimed()?;
-    Ok(registry)
+    Ok((registry, notes))
 }
 
 /// Everything capgate itself keeps on disk: however the fs root is chosen (`serve --root .`),

@@ -65,7 +65,27 @@ async fn run(
         None => None,
     };
 
-    let registry = crate::registry(&config, root, extend)?;
+    // Upstreams start before the registry is built, so that it holds the tools they list.
+    let gateway = crate::gateway(&config)?;
+    if !gateway.is_empty() {
+        gateway.start().await?;
+        for up in gateway.status() {
+            eprintln!(
+                "capgate: upstream `{}` ({}): {}",
+                up.name, up.target, up.state
+            );
+        }
+    }
+    let (registry, upstream_notes) = match crate::registry(&config, root, &gateway, extend) {
+        Ok(r) => r,
+        Err(e) => {
+            gateway.stop().await;
+            return Err(e);
+        }
+    };
+    for note in upstream_notes {
+        eprintln!("capgate: warning: {note}");
+    }
     let mut builder = HostBuilder::new(config).providers(providers);
     *builder.registry_mut() = registry;
     let host = builder.build()?;
@@ -125,6 +145,7 @@ async fn run(
         .await
     };
     reaper.abort();
+    gateway.stop().await;
     let telemetry = host.telemetry().clone();
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {

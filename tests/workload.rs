@@ -14,32 +14,7 @@ const ISSUER: &str = "https://issuer.test";
 
 /// PyJWT with its crypto backend, installed once into `target/jose-py`.
 fn python_path() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/jose-py");
-    let lock = dir.with_extension("lock");
-    let _ = std::fs::create_dir_all(dir.parent().unwrap());
-    let f = std::fs::File::create(&lock).unwrap();
-    f.lock().unwrap();
-    if !dir.join("jwt").exists() {
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&dir)
-            .arg("pyjwt[crypto]==2.10.1")
-            .output()
-            .expect("python3 is needed by this test");
-        assert!(
-            out.status.success(),
-            "could not install PyJWT (pip install pyjwt[crypto]): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
+    pip_target("jose-py", "pyjwt[crypto]==2.10.1", "jwt")
 }
 
 fn jose(args: &[&str]) -> String {

@@ -429,3 +429,35 @@ pub fn example_bin(name: &str) -> PathBuf {
     assert!(bin.is_file(), "{} was not built", bin.display());
     bin
 }
+
+/// Python packages installed once with pip into `<repo>/target/<dir>` (under a file lock, so
+/// concurrent tests install once), for tests that run Python helpers with `PYTHONPATH` set to
+/// the returned directory. `probe` is a path inside it that exists once the install is done.
+pub fn pip_target(dir: &str, requirement: &str, probe: &str) -> PathBuf {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).join(dir);
+    let lock = dir.with_extension("lock");
+    let _ = std::fs::create_dir_all(dir.parent().unwrap());
+    let f = std::fs::File::create(&lock).unwrap();
+    f.lock().unwrap();
+    if !dir.join(probe).exists() {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg(requirement)
+            .output()
+            .expect("python3 is needed by this test");
+        assert!(
+            out.status.success(),
+            "could not install {requirement} with pip: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}

@@ -24,7 +24,7 @@ pub mod server;
 pub mod tools;
 
 pub use client::*;
-pub use install::{Capgate, capgate_bin, example_bin};
+pub use install::{Capgate, capgate_bin, example_bin, pip_target};
 pub use postgres::Postgres;
 pub use server::{Origin, RawSession, Server};
 

@@ -78,6 +78,8 @@ impl Config {
         // The tool packs resolve their own paths, against the same directory.
         self.tools
             .attach(self.source.describe(), base.to_path_buf());
+        self.upstream
+            .attach(self.source.describe(), base.to_path_buf());
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use sections::ToolSections;
+pub use sections::{ToolSections, UpstreamSections};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +35,8 @@ pub struct Config {
     pub keys: KeysConfig,
     /// `[tools.<pack>]` tables, each owned and parsed by the tool pack of that name.
     pub tools: ToolSections,
+    /// `[[upstream]]` tables: the MCP servers capgate fronts, parsed by capgate-upstream.
+    pub upstream: UpstreamSections,
     /// Issuance and invocation policy.
     pub policy: PolicyConfig,
     /// The guard's Datalog limits and decision cache.
@@ -377,6 +379,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             keys: KeysConfig::default(),
             tools: ToolSections::default(),
+            upstream: UpstreamSections::default(),
             policy: PolicyConfig::default(),
             guard: GuardConfig::default(),
             tenants: BTreeMap::new(),

@@ -44,40 +44,10 @@ impl ToolSections {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned());
-        let file = &self.origin.0;
-        let mut section: T = match self.tables.get(name) {
-            None => T::default(),
-            Some(table) => serde_path_to_error::deserialize(table.clone()).map_err(|e| {
-                let inner = key_of(e.path());
-                Error::Config {
-                    file: file.clone(),
-                    key: if inner.is_empty() {
-                        format!("tools.{name}")
-                    } else {
-                        format!("tools.{name}.{inner}")
-                    },
-                    message: explain(e.inner().message()),
-                }
-            })?,
-        };
-        let mut problems = section.finish(self.base());
-        if problems.is_empty() {
-            return Ok(section);
+        match self.tables.get(name) {
+            None => finish(T::default(), &self.origin, &format!("tools.{name}")),
+            Some(table) => parse(table, &self.origin, &format!("tools.{name}")),
         }
-        let (key, message) = problems.remove(0);
-        let more: Vec<String> = problems
-            .iter()
-            .map(|(k, m)| format!("`tools.{name}.{k}`: {m}"))
-            .collect();
-        Err(Error::Config {
-            file: file.clone(),
-            key: format!("tools.{name}.{key}"),
-            message: if more.is_empty() {
-                message
-            } else {
-                format!("{message}; {}", more.join("; "))
-            },
-        })
     }
 
     /// The names of tables no pack has claimed: typos, or packs this binary does not have.
@@ -112,5 +82,86 @@ impl ToolSections {
                 known.join(", ")
             ),
         })
+    }
+}
+
+/// Parses one table as a section and finishes it; errors name `prefix.key`.
+fn parse<T: Section>(
+    table: &toml::Value,
+    origin: &(String, PathBuf),
+    prefix: &str,
+) -> Result<T, Error> {
+    let section: T = serde_path_to_error::deserialize(table.clone()).map_err(|e| {
+        let inner = key_of(e.path());
+        Error::Config {
+            file: origin.0.clone(),
+            key: if inner.is_empty() {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{inner}")
+            },
+            message: explain(e.inner().message()),
+        }
+    })?;
+    finish(section, origin, prefix)
+}
+
+fn finish<T: Section>(
+    mut section: T,
+    origin: &(String, PathBuf),
+    prefix: &str,
+) -> Result<T, Error> {
+    let mut problems = section.finish(&origin.1);
+    if problems.is_empty() {
+        return Ok(section);
+    }
+    let (key, message) = problems.remove(0);
+    let more: Vec<String> = problems
+        .iter()
+        .map(|(k, m)| format!("`{prefix}.{k}`: {m}"))
+        .collect();
+    Err(Error::Config {
+        file: origin.0.clone(),
+        key: format!("{prefix}.{key}"),
+        message: if more.is_empty() {
+            message
+        } else {
+            format!("{message}; {}", more.join("; "))
+        },
+    })
+}
+
+/// The `[[upstream]]` tables, kept raw for the gateway crate, which parses them into its own
+/// typed struct (so capgate-server knows nothing of upstreams but that the key exists).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct UpstreamSections {
+    tables: Vec<toml::Value>,
+    #[serde(skip)]
+    origin: (String, PathBuf),
+}
+
+impl UpstreamSections {
+    pub(super) fn attach(&mut self, file: String, base: PathBuf) {
+        self.origin = (file, base);
+    }
+
+    /// How many `[[upstream]]` tables the file has.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether the file has none.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Parses every table; an error names `upstream[i].key` and the file.
+    pub fn entries<T: Section>(&self) -> Result<Vec<T>, Error> {
+        self.tables
+            .iter()
+            .enumerate()
+            .map(|(i, table)| parse(table, &self.origin, &format!("upstream[{i}]")))
+            .collect()
     }
 }

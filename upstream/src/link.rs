@@ -1,0 +1,413 @@
+//! The connection to one upstream, kept alive by a supervisor task.
+//!
+//! Invariants:
+//! - A stdio upstream's environment is exactly PATH, HOME and its config's `env`: capgate's own
+//!   environment (the caller's `CAPGATE_TOKEN`, capgate's secrets) never reaches it.
+//! - A stdio upstream never outlives capgate: it is stopped at shutdown (stdin closed, then
+//!   SIGTERM, then SIGKILL), killed when its handle is dropped, and asked by the kernel to die
+//!   with the thread that spawned it (`PR_SET_PDEATHSIG`) should capgate be killed outright; it
+//!   stays in capgate's process group, so a signal to the group reaches it too.
+//! - An HTTP upstream receives the headers of its config and nothing of the caller's request.
+//! - What the upstream asks of capgate (sampling, elicitation, roots) is refused, naming the
+//!   upstream: capgate's client is a guard, not a user's agent.
+//! - A call waits for a connection no longer than its own timeout; one upstream's outage is its
+//!   own (each has its own supervisor and connection).
+
+// `pre_exec` is unsafe: the closure runs in the child between fork and exec, where only
+// async-signal-safe calls are allowed. It makes two (getppid and prctl) and allocates nothing.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capgate_core::ToolContext;
+#[allow(deprecated)]
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult,
+    ProgressNotificationParam, ProgressToken,
+};
+use rmcp::service::{NotificationContext, RequestContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, ServiceExt};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+
+/// How long `serve` waits for an upstream's first connection before it goes on without it.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the supervisor found at its latest connection.
+#[derive(Clone, Debug)]
+pub enum LinkState {
+    /// Not started yet (the CLI never starts upstreams).
+    Idle,
+    /// Connecting, or waiting to reconnect after the reason given.
+    Down(String),
+    /// Connected.
+    Up(Peer<RoleClient>),
+    /// Stopped by shutdown.
+    Stopped,
+}
+
+/// One upstream's connection and what its calls share.
+pub(crate) struct Link {
+    pub(crate) config: UpstreamConfig,
+    state: watch::Sender<LinkState>,
+    /// Progress tokens of calls in flight, to the caller's context that receives their progress.
+    progress: Mutex<HashMap<ProgressToken, ToolContext>>,
+    /// The tools the upstream listed at its latest connection.
+    listed: Mutex<Option<Vec<rmcp::model::Tool>>>,
+    shutdown: CancellationToken,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Link {
+    pub(crate) fn new(config: UpstreamConfig) -> Arc<Link> {
+        Arc::new(Link {
+            config,
+            state: watch::channel(LinkState::Idle).0,
+            progress: Mutex::new(HashMap::new()),
+            listed: Mutex::new(None),
+            shutdown: CancellationToken::new(),
+            supervisor: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(crate) fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    pub(crate) fn listed(&self) -> Option<Vec<rmcp::model::Tool>> {
+        lock(&self.listed).clone()
+    }
+
+    /// Starts the supervisor and waits (at most [`CONNECT_TIMEOUT`]) for its first attempt.
+    pub(crate) async fn start(self: &Arc<Self>) -> Result<(), Error> {
+        let env: Vec<_> = self.config.resolved_env()?.into_iter().collect();
+        let headers: Vec<_> = self.config.resolved_headers()?.into_iter().collect();
+        let mut ready = self.state.subscribe();
+        ready.mark_unchanged();
+        self.state
+            .send_replace(LinkState::Down("connecting".into()));
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move { this.supervise(env, headers).await });
+        *lock(&self.supervisor) = Some(handle);
+        let first = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ready.wait_for(|s| !matches!(s, LinkState::Down(m) if m == "connecting")),
+        )
+        .await;
+        if first.is_err() {
+            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "no connection within {CONNECT_TIMEOUT:?}; its tools answer isError until it connects");
+        }
+        Ok(())
+    }
+
+    /// Stops the supervisor and the upstream.
+    pub(crate) async fn stop(&self) {
+        self.shutdown.cancel();
+        let handle = lock(&self.supervisor).take();
+        if let Some(handle) = handle {
+            // The child gets rmcp's graceful sequence (3 s, SIGTERM, 3 s, SIGKILL); past
+            // that, dropping the task kills it.
+            if tokio::time::timeout(Duration::from_secs(8), handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "did not stop in time; killed");
+            }
+        }
+        self.state.send_replace(LinkState::Stopped);
+    }
+
+    /// The connection, waiting for it at most `wait`.
+    pub(crate) async fn peer(&self, wait: Duration) -> Result<Peer<RoleClient>, String> {
+        let mut rx = self.state.subscribe();
+        let got = tokio::time::timeout(
+            wait,
+            rx.wait_for(|s| matches!(s, LinkState::Up(_) | LinkState::Stopped | LinkState::Idle)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|s| s.clone());
+        match got {
+            Some(LinkState::Up(peer)) => Ok(peer),
+            Some(LinkState::Stopped) => Err("capgate is shutting down".into()),
+            Some(LinkState::Idle) => Err("it was never started".into()),
+            _ => match &*self.state.borrow() {
+                LinkState::Down(why) => Err(format!("it is not connected ({why})")),
+                _ => Err("it is not connected".into()),
+            },
+        }
+    }
+
+    pub(crate) fn track(&self, token: ProgressToken, ctx: ToolContext) {
+        lock(&self.progress).insert(token, ctx);
+    }
+
+    pub(crate) fn untrack(&self, token: &ProgressToken) {
+        lock(&self.progress).remove(token);
+    }
+
+    async fn supervise(
+        self: Arc<Self>,
+        env: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+    ) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            match self.connect(&env, &headers).await {
+                Ok(running) => {
+                    backoff = FIRST_BACKOFF;
+                    let peer = running.peer().clone();
+                    match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools()).await {
+                        Ok(Ok(tools)) => *lock(&self.listed) = Some(tools),
+                        Ok(Err(e)) => {
+                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list failed: {e}")
+                        }
+                        Err(_) => {
+                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list did not answer")
+                        }
+                    }
+                    tracing::info!(target: "capgate::upstream", upstream = %self.name(), "connected");
+                    self.state.send_replace(LinkState::Up(peer));
+                    let ct = running.cancellation_token();
+                    let mut done = Box::pin(running.waiting());
+                    tokio::select! {
+                        quit = &mut done => {
+                            let why = match quit {
+                                Ok(reason) => format!("connection ended: {reason:?}"),
+                                Err(e) => format!("connection task failed: {e}"),
+                            };
+                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "{why}; reconnecting");
+                            self.state.send_replace(LinkState::Down(why));
+                        }
+                        _ = self.shutdown.cancelled() => {
+                            ct.cancel();
+                            let _ = done.await;
+                            break;
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "cannot connect: {why}; retrying in {backoff:?}");
+                    self.state.send_replace(LinkState::Down(why));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        env: &[(String, String)],
+        headers: &[(String, String)],
+    ) -> Result<RunningService<RoleClient, Handler>, String> {
+        let handler = Handler {
+            link: Arc::downgrade(self),
+        };
+        let connecting = async {
+            if let Some(command) = &self.config.command {
+                let transport = self.spawn_child(command, env)?;
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))
+            } else {
+                let url = self.config.url.as_deref().unwrap_or_default();
+                let mut map = HashMap::new();
+                for (k, v) in headers {
+                    let name = http::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|e| format!("header `{k}`: {e}"))?;
+                    let mut value =
+                        http::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
+                    value.set_sensitive(true);
+                    map.insert(name, value);
+                }
+                let client = reqwest::Client::builder()
+                    // An upstream that redirects elsewhere must not receive capgate's
+                    // credential at another address.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| format!("HTTP client: {e}"))?;
+                let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned())
+                    .custom_headers(map);
+                let transport = StreamableHttpClientTransport::with_client(client, config);
+                handler
+                    .serve(transport)
+                    .await
+                    .map_err(|e| format!("initialize failed: {e}"))
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer to initialize within {CONNECT_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn spawn_child(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+    ) -> Result<TokioChildProcess, String> {
+        let mut cmd = tokio::process::Command::new(command);
+        cmd.args(&self.config.args)
+            .env_clear()
+            .current_dir(self.config.base())
+            .kill_on_drop(true);
+        for var in ["PATH", "HOME"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only calls prctl and getppid, both async-signal-safe, and
+        // touches no memory but the copied `parent`.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // capgate died between fork and prctl: nobody would kill this child later.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "capgate exited while starting the upstream",
+                    ));
+                }
+                Ok(())
+            });
+        }
+        let (proc, stderr) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+        if let Some(stderr) = stderr {
+            let name = self.config.name.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "capgate::upstream", upstream = %name, "stderr: {line}");
+                }
+            });
+        }
+        Ok(proc)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// capgate's side of the client connection to one upstream.
+pub(crate) struct Handler {
+    link: std::sync::Weak<Link>,
+}
+
+impl Handler {
+    fn name(&self) -> String {
+        self.link
+            .upgrade()
+            .map(|l| l.name().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn refuse(&self, what: &str) -> McpError {
+        McpError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!(
+                "capgate does not grant {what} to the upstream `{}`",
+                self.name()
+            ),
+            None,
+        )
+    }
+}
+
+// Sampling and roots are deprecated (SEP-2577) but still sent by servers of older protocol
+// versions; refusing them needs their types.
+#[allow(deprecated)]
+impl ClientHandler for Handler {
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "refused a sampling request");
+        Err(self.refuse("sampling"))
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        Err(self.refuse("roots"))
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "refused an elicitation request");
+        Err(self.refuse("elicitation"))
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let Some(link) = self.link.upgrade() else {
+            return;
+        };
+        // Only a token of a call in flight reaches a caller: an upstream cannot send progress
+        // into someone else's request.
+        let ctx = lock(&link.progress).get(&params.progress_token).cloned();
+        if let Some(ctx) = ctx {
+            ctx.progress(params.progress, params.total, params.message)
+                .await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "the upstream's tool list changed; capgate keeps the tools it registered at start");
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("capgate", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
