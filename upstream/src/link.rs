@@ -43,6 +43,8 @@ use crate::error::Error;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a connection must last for the next restart to wait only [`FIRST_BACKOFF`].
+const STABLE: Duration = Duration::from_secs(10);
 
 /// What the supervisor found at its latest connection.
 #[derive(Clone, Debug)]
@@ -174,7 +176,7 @@ impl Link {
             }
             match self.connect(&env, &headers).await {
                 Ok(running) => {
-                    backoff = FIRST_BACKOFF;
+                    let since = std::time::Instant::now();
                     let peer = running.peer().clone();
                     match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools()).await {
                         Ok(Ok(tools)) => *lock(&self.listed) = Some(tools),
@@ -195,7 +197,13 @@ impl Link {
                                 Ok(reason) => format!("connection ended: {reason:?}"),
                                 Err(e) => format!("connection task failed: {e}"),
                             };
-                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "{why}; reconnecting");
+                            // Only a connection that lasted starts the backoff over: an
+                            // upstream that dies right after initialize is not restarted
+                            // ten times a second.
+                            if since.elapsed() >= STABLE {
+                                backoff = FIRST_BACKOFF;
+                            }
+                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "{why}; reconnecting in {backoff:?}");
                             self.state.send_replace(LinkState::Down(why));
                         }
                         _ = self.shutdown.cancelled() => {
