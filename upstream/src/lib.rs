@@ -169,18 +169,20 @@ impl Gateway {
                     derive: derive.clone(),
                     link: Arc::clone(link),
                 };
-                let schema = def.map(|d| (*d.input_schema).clone());
-                let Some(schema) = schema else {
+                let wrap = |source| Error::Register {
+                    upstream: config.name.clone(),
+                    source,
+                };
+                let Some(def) = def else {
                     registry
                         .register(build(permissive_schema()))
-                        .map_err(|source| Error::Register {
-                            upstream: config.name.clone(),
-                            source,
-                        })?;
+                        .map_err(wrap)?;
                     continue;
                 };
-                match registry.register(build(schema)) {
+                match registry.register(build((*def.input_schema).clone())) {
                     Ok(()) => {}
+                    // The upstream's own schema is unusable: a declared tool is still hosted
+                    // (the upstream checks its arguments), an undeclared one is not.
                     Err(
                         e @ (capgate_core::Error::InvalidSchema { .. }
                         | capgate_core::Error::SchemaNotObject { .. }),
@@ -199,18 +201,10 @@ impl Gateway {
                         if declared {
                             registry
                                 .register(build(permissive_schema()))
-                                .map_err(|source| Error::Register {
-                                    upstream: config.name.clone(),
-                                    source,
-                                })?;
+                                .map_err(wrap)?;
                         }
                     }
-                    Err(source) => {
-                        return Err(Error::Register {
-                            upstream: config.name.clone(),
-                            source,
-                        });
-                    }
+                    Err(source) => return Err(wrap(source)),
                 }
             }
         }
@@ -275,4 +269,119 @@ fn spec_of(
         spec = spec.with_output_schema((**out).clone());
     }
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upstream(toml_text: &str) -> UpstreamConfig {
+        use capgate_core::Section as _;
+        let mut c: UpstreamConfig = toml::from_str(toml_text).unwrap();
+        assert!(c.finish(std::path::Path::new("/srv")).is_empty());
+        c
+    }
+
+    fn listed(name: &str, schema: serde_json::Value, read_only: Option<bool>) -> rmcp::model::Tool {
+        let mut t: rmcp::model::Tool = serde_json::from_value(json!({
+            "name": name,
+            "description": format!("upstream's {name}"),
+            "inputSchema": schema,
+        }))
+        .unwrap();
+        if let Some(ro) = read_only {
+            let mut a = rmcp::model::ToolAnnotations::default();
+            a.read_only_hint = Some(ro);
+            t.annotations = Some(a);
+        }
+        t
+    }
+
+    /// What `register` hosts from what the upstream listed: declared tools with the upstream's
+    /// description, `read` tightened to `write` by `readOnlyHint: false`, a broken schema
+    /// replaced (declared) or the tool left out (undeclared), and with `expose = "all"` the
+    /// other tools as `execute` on `tool:<name>`.
+    #[test]
+    fn registration_follows_config_then_listing() {
+        let obj = json!({"type": "object", "properties": {"path": {"type": "string"}}});
+        let broken = json!({"type": "object", "properties": {"x": {"type": 12}}});
+        let config = |expose: &str| {
+            upstream(&format!(
+                r#"
+                name = "n"
+                command = "x"
+                expose = "{expose}"
+                [tools.read]
+                operation = "read"
+                resource = {{ path = "path" }}
+                [tools.writes]
+                operation = "read"
+                [tools.odd]
+                operation = "read"
+                [tools.missing]
+                operation = "read"
+                "#
+            ))
+        };
+        let tools = vec![
+            listed("read", obj.clone(), Some(true)),
+            listed("writes", obj.clone(), Some(false)),
+            listed("odd", broken.clone(), None),
+            listed("extra", obj.clone(), None),
+            listed("extra_broken", broken.clone(), None),
+        ];
+        for expose in ["declared", "all"] {
+            let gateway = Gateway::new(vec![config(expose)]).unwrap();
+            *link::lock(gateway.links[0].listed_slot()) = Some(tools.clone());
+            let mut registry = Registry::new();
+            let notes = gateway.register(&mut registry).unwrap();
+            let cat = registry.catalog();
+            let op = |n: &str| cat.spec(n).map(|s| s.operation);
+            assert_eq!(op("n__read"), Some(Operation::Read));
+            assert_eq!(cat.spec("n__read").unwrap().description, "upstream's read");
+            assert_eq!(
+                op("n__writes"),
+                Some(Operation::Write),
+                "annotations tighten"
+            );
+            assert_eq!(
+                op("n__odd"),
+                Some(Operation::Read),
+                "declared: hosted anyway"
+            );
+            assert_eq!(
+                cat.spec("n__odd").unwrap().input_schema.get("properties"),
+                None,
+                "with the permissive schema"
+            );
+            assert_eq!(op("n__missing"), Some(Operation::Read));
+            assert!(notes.iter().any(|n| n.contains("missing")), "{notes:?}");
+            assert_eq!(op("n__extra_broken"), None);
+            if expose == "all" {
+                assert_eq!(op("n__extra"), Some(Operation::Execute));
+            } else {
+                assert_eq!(op("n__extra"), None, "least privilege by default");
+            }
+        }
+    }
+
+    #[test]
+    fn annotations_never_loosen() {
+        let t = listed("t", json!({"type": "object"}), Some(true));
+        assert_eq!(stricter(Operation::Write, Some(&t)), Operation::Write);
+        assert_eq!(stricter(Operation::Execute, Some(&t)), Operation::Execute);
+        let w = listed("t", json!({"type": "object"}), Some(false));
+        assert_eq!(stricter(Operation::Read, Some(&w)), Operation::Write);
+        assert_eq!(stricter(Operation::Read, None), Operation::Read);
+    }
+
+    #[test]
+    fn two_upstreams_cannot_share_a_name() {
+        let a = upstream("name = \"n\"\ncommand = \"x\"");
+        assert!(matches!(
+            Gateway::new(vec![a.clone(), a]),
+            Err(Error::DuplicateName(_))
+        ));
+    }
 }

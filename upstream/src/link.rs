@@ -95,6 +95,12 @@ impl Link {
         lock(&self.listed).clone()
     }
 
+    /// Where the supervisor keeps what the upstream listed (unit tests fill it in).
+    #[cfg(test)]
+    pub(crate) fn listed_slot(&self) -> &Mutex<Option<Vec<rmcp::model::Tool>>> {
+        &self.listed
+    }
+
     /// Starts the supervisor and waits (at most [`CONNECT_TIMEOUT`]) for its first attempt.
     pub(crate) async fn start(self: &Arc<Self>) -> Result<(), Error> {
         let env: Vec<_> = self.config.resolved_env()?.into_iter().collect();
@@ -333,7 +339,7 @@ impl Link {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
