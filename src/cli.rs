@@ -45,6 +45,30 @@ pub enum Command {
     /// Prepare the task store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Look at the upstream MCP servers and accept their changed tool definitions.
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
+}
+
+/// `capgate upstream ...`.
+#[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// The configured upstreams, the names they host, and each tool's pin: `pinned`, or
+    /// `CHANGED` (held back) when the definition a capgate listed last differs from its pin.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept the definitions a capgate listed last for an upstream's tools as their pins, so
+    /// the tools held back are served again.
+    Pin {
+        /// The upstream's name.
+        name: String,
+        /// Only this tool (as the upstream names it).
+        #[arg(long)]
+        tool: Option<String>,
+    },
 }
 
 /// `capgate store ...`.

@@ -71,7 +71,8 @@ pub(crate) fn token(
             ttl,
         } => {
             let key = RootKey::load(&config.root_key_file())?;
-            let (registry, _) = crate::registry(config, None, &crate::gateway(config)?, extend)?;
+            let (registry, _) =
+                crate::registry(config, None, &crate::offline_gateway(config)?, extend)?;
             for t in tools {
                 if registry.catalog().spec(t).is_none() {
                     bail!(
@@ -199,7 +200,7 @@ fn read_token_arg(arg: &str) -> anyhow::Result<String> {
 /// run on their own threads, so no async runtime is needed.
 fn host(config: Config, extend: Extend<'_>) -> anyhow::Result<Host> {
     let providers = Providers::from_env(&config.telemetry)?;
-    let (registry, _) = crate::registry(&config, None, &crate::gateway(&config)?, extend)?;
+    let (registry, _) = crate::registry(&config, None, &crate::offline_gateway(&config)?, extend)?;
     let mut builder = HostBuilder::new(config).providers(providers);
     *builder.registry_mut() = registry;
     let host = builder.build()?;

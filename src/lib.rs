@@ -9,6 +9,7 @@
 pub mod cli;
 mod commands;
 mod serve;
+mod upstream_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,7 @@ fn run(
         Command::Policy(ref p) => commands::policy(&load_config(&cli)?, p),
         Command::Audit(ref a) => commands::audit(&load_config(&cli)?, a),
         Command::Store(ref s) => commands::store(&load_config(&cli)?, s),
+        Command::Upstream(ref u) => upstream_cmd::command(&load_config(&cli)?, u),
     }
 }
 
@@ -105,6 +107,25 @@ pub(crate) fn gateway(config: &Config) -> anyhow::Result<capgate_upstream::Gatew
         .upstream
         .entries::<capgate_upstream::UpstreamConfig>()?;
     Ok(capgate_upstream::Gateway::new(entries)?)
+}
+
+/// The upstreams as the CLI knows them: not started, an `expose = "all"` upstream listing
+/// what is pinned for it (so the CLI accepts the names a running capgate would host).
+pub(crate) fn offline_gateway(config: &Config) -> anyhow::Result<capgate_upstream::Gateway> {
+    let gateway = gateway(config)?;
+    let all: Vec<String> = gateway.exposing_all().map(str::to_owned).collect();
+    if !all.is_empty() {
+        let pins = capgate_server::store::open(config)?.pins(None)?;
+        for up in &all {
+            gateway.assume_listed(
+                up,
+                pins.iter()
+                    .filter(|p| &p.upstream == up)
+                    .map(|p| p.pinned_definition.as_str()),
+            );
+        }
+    }
+    Ok(gateway)
 }
 
 /// Builds the registry: built-in tools, the upstreams' (declared ones only unless `gateway`

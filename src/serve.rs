@@ -68,7 +68,11 @@ async fn run(
     // Upstreams start before the registry is built, so that it holds the tools they list.
     let gateway = crate::gateway(&config)?;
     if !gateway.is_empty() {
-        gateway.start().await?;
+        // Pins live in the task store, which every replica and the CLI share.
+        let pins = std::sync::Arc::new(crate::upstream_cmd::StorePins(
+            capgate_server::store::open(&config)?,
+        ));
+        gateway.start(pins).await?;
         for up in gateway.status() {
             eprintln!(
                 "capgate: upstream `{}` ({}): {}",

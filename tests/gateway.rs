@@ -281,6 +281,138 @@ async fn a_stdio_upstream_answers_only_what_the_task_grants() {
     });
 }
 
+/// Rug-pull protection: a definition is pinned at first sight; when the restarted upstream
+/// lists `read_note` with another description, the tool is hidden and refused
+/// (`definition_changed`, audited, never sent upstream) until an operator pins it, and a
+/// capgate that started on the old definition serves the new one only after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_definition_is_held_back_until_pinned() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("upstream.log");
+    let rug = scratch.path().join("rugpull");
+    let extra = format!(", UPSTREAM_RUGPULL = {:?}", rug.display().to_string());
+    // Two denied attempts would revoke the task; the refusals of a held-back tool are the
+    // upstream's doing and do not count, so the task lives through all of them.
+    let cg = Capgate::with_config(&format!(
+        "{}\n[anomaly]\nrevoke_after_denials = 2\nrevoke_after_out_of_intent = 0\nwindow = \"10m\"\n",
+        stdio_upstream(&log, &extra)
+    ));
+    let agent = cg.mint("agent-1", "acme", TOOLS, &[]);
+    let (task_id, task) = cg.task(
+        &agent,
+        &["notes__read_note", "notes__crash"],
+        &["notes__read_note=acme/docs/"],
+    );
+    let read = json!({"path": "acme/docs/readme.txt"});
+    let reads = || {
+        tool_calls(&log)
+            .iter()
+            .filter(|c| c["tool"] == "read_note")
+            .count()
+    };
+
+    let server = cg.serve_http();
+    let client = server.client(&task).await;
+    call_ok(&client, "notes__read_note", read.clone()).await;
+    let listed = cg.stdout_of(&["upstream", "list"]);
+    assert!(
+        listed.contains("read_note") && listed.contains("pinned") && !listed.contains("CHANGED"),
+        "{listed}"
+    );
+
+    // The upstream comes back with a new description for the same tool.
+    std::fs::write(&rug, "").unwrap();
+    let before = pids(&log);
+    let _ = call(&client, "notes__crash", json!({})).await;
+    wait_until("the upstream to restart", Duration::from_secs(30), || {
+        pids(&log).len() > before.len()
+    });
+    let mut d = Value::Null;
+    for _ in 0..100 {
+        let r = call(&client, "notes__read_note", read.clone())
+            .await
+            .unwrap();
+        if r.is_error == Some(true) && denial(&r)["reason"] == "definition_changed" {
+            d = denial(&r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d["reason"], "definition_changed", "{d}");
+    assert!(message(&d).contains("capgate upstream pin notes"), "{d}");
+    assert_eq!(reads(), 1, "no call reached the changed tool");
+    let names = tool_names(&client).await;
+    assert!(
+        !names.contains(&"notes__read_note".to_owned()),
+        "hidden: {names:?}"
+    );
+    assert!(names.contains(&"notes__crash".to_owned()), "{names:?}");
+    let audited = cg.audited_calls(&task_id);
+    assert!(
+        audited.iter().any(|l| l["decision"] == "deny"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("definition_changed"))),
+        "the refusal is audited: {audited:?}"
+    );
+    let listed = cg.stdout_of(&["upstream", "list"]);
+    assert!(listed.contains("CHANGED"), "{listed}");
+    let json: Value = serde_json::from_str(&cg.stdout_of(&["upstream", "list", "--json"])).unwrap();
+    let pin = json["upstreams"][0]["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "read_note")
+        .unwrap()
+        .clone();
+    assert_ne!(pin["pinned_digest"], pin["seen_digest"], "{pin}");
+    assert!(
+        pin["seen_definition"].as_str().unwrap().contains("id_rsa"),
+        "the operator can read what changed: {pin}"
+    );
+
+    // Not an upstream capgate knows; not a tool it has seen.
+    let err = cg.stderr_of_failure(&["upstream", "pin", "nope"]);
+    assert!(err.contains("no upstream `nope`"), "{err}");
+    let err = cg.stderr_of_failure(&["upstream", "pin", "notes", "--tool", "nope"]);
+    assert!(err.contains("no tool `nope`"), "{err}");
+
+    // Pinned: this capgate still hosts the old definition, so it keeps refusing, and says why.
+    let out = cg.stdout_of(&["upstream", "pin", "notes"]);
+    assert!(out.contains("pinned `read_note`"), "{out}");
+    let mut d = Value::Null;
+    for _ in 0..50 {
+        let r = call(&client, "notes__read_note", read.clone())
+            .await
+            .unwrap();
+        d = denial(&r);
+        if message(&d).contains("restarts") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(message(&d).contains("restarts"), "{d}");
+    assert_eq!(reads(), 1, "still nothing reached it");
+    let out = cg.stdout_of(&["upstream", "pin", "notes"]);
+    assert!(out.contains("nothing to pin"), "{out}");
+    drop(client);
+    server.stop();
+
+    // A capgate started now hosts and serves the accepted definition.
+    let server = cg.serve_http();
+    let client = server.client(&task).await;
+    let listed = client.list_all_tools().await.unwrap();
+    let tool = listed
+        .iter()
+        .find(|t| t.name == "notes__read_note")
+        .expect("listed again");
+    assert!(tool.description.as_deref().unwrap_or("").contains("id_rsa"));
+    call_ok(&client, "notes__read_note", read).await;
+    assert_eq!(reads(), 2);
+    drop(client);
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_capgate_takes_its_upstream_with_it() {
     let scratch = tempfile::tempdir().unwrap();
@@ -317,6 +449,34 @@ fn the_cli_knows_hosted_names_and_refuses_others() {
         assert!(err.contains(bad), "{bad}: {err}");
     }
     assert!(pids(&log).is_empty(), "the CLI must not start an upstream");
+}
+
+/// With `expose = "all"`, the names an upstream hosts beyond the declared ones are known to
+/// the CLI from the pins a running capgate wrote: refused before the first `serve`, accepted
+/// after it.
+#[test]
+fn the_cli_learns_exposed_names_from_the_pins() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("upstream.log");
+    let table = stdio_upstream(&log, "").replacen(
+        "timeout = \"5s\"",
+        "timeout = \"5s\"\nexpose = \"all\"",
+        1,
+    );
+    // Only read_note stays declared: the others come from the listing.
+    let table = table[..table.find("[upstream.tools.save_note]").unwrap()].to_owned();
+    let cg = Capgate::with_config(&table);
+    let mint = [
+        "token", "mint", "--agent", "a", "--tenant", "acme", "--tool",
+    ];
+    let err = cg.stderr_of_failure(&[&mint[..], &["notes__ticket"]].concat());
+    assert!(err.contains("notes__ticket"), "{err}");
+    cg.serve_http().stop();
+    cg.stdout_of(&[&mint[..], &["notes__ticket"]].concat());
+    let listed = cg.stdout_of(&["upstream", "list"]);
+    assert!(listed.contains("notes__ticket"), "{listed}");
+    let err = cg.stderr_of_failure(&[&mint[..], &["notes__nope"]].concat());
+    assert!(err.contains("notes__nope"), "{err}");
 }
 
 #[test]

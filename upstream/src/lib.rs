@@ -14,6 +14,7 @@
 mod config;
 mod error;
 mod link;
+mod pins;
 mod resource;
 mod tool;
 
@@ -25,6 +26,7 @@ use capgate_core::{Operation, Registry, ToolSpec};
 pub use config::{Expose, ResourceRule, SEPARATOR, ToolRule, UpstreamConfig};
 pub use error::Error;
 pub use link::LinkState;
+pub use pins::{Definition, PinBook, PinError};
 
 use link::Link;
 use resource::Derive;
@@ -63,6 +65,30 @@ impl Gateway {
         })
     }
 
+    /// The upstreams with `expose = "all"`, whose hosted names depend on what they list.
+    pub fn exposing_all(&self) -> impl Iterator<Item = &str> {
+        self.links
+            .iter()
+            .filter(|l| l.config.expose == Expose::All)
+            .map(|l| l.name())
+    }
+
+    /// Takes `definitions` (pinned ones, as JSON) as what a not-started upstream lists, so the
+    /// CLI knows the names an `expose = "all"` upstream hosts without starting it. A
+    /// definition that does not parse is left out.
+    pub fn assume_listed<'a>(&self, upstream: &str, definitions: impl Iterator<Item = &'a str>) {
+        let Some(link) = self.links.iter().find(|l| l.name() == upstream) else {
+            return;
+        };
+        if !matches!(link.state(), LinkState::Idle) {
+            return;
+        }
+        let tools = definitions
+            .filter_map(|d| serde_json::from_str::<rmcp::model::Tool>(d).ok())
+            .collect();
+        link.assume_listed(tools);
+    }
+
     /// Whether no upstream is configured.
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
@@ -72,11 +98,15 @@ impl Gateway {
     /// [`Gateway::register`] sees the tools they list. An upstream that does not connect is
     /// retried in the background; only a config it cannot start with (a `${VAR}` not set) is
     /// an error.
-    pub async fn start(&self) -> Result<(), Error> {
+    ///
+    /// Every hosted tool's definition is judged against `pins` at each listing: pinned at first
+    /// sight, held back when it differs from its pin.
+    pub async fn start(&self, pins: Arc<dyn PinBook>) -> Result<(), Error> {
         let mut starts = Vec::new();
         for link in &self.links {
             let link = Arc::clone(link);
-            starts.push(tokio::spawn(async move { link.start().await }));
+            let pins = Arc::clone(&pins);
+            starts.push(tokio::spawn(async move { link.start(pins).await }));
         }
         let mut first_error = None;
         for s in starts {
@@ -168,6 +198,7 @@ impl Gateway {
                     remote: remote.clone(),
                     derive: derive.clone(),
                     link: Arc::clone(link),
+                    registered: def.map(|d| pins::Definition::of(d).digest),
                 };
                 let wrap = |source| Error::Register {
                     upstream: config.name.clone(),

@@ -36,8 +36,9 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Expose, UpstreamConfig};
 use crate::error::Error;
+use crate::pins::{Definition, PinBook, Verdict};
 
 /// How long `serve` waits for an upstream's first connection before it goes on without it.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,6 +46,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a connection must last for the next restart to wait only [`FIRST_BACKOFF`].
 const STABLE: Duration = Duration::from_secs(10);
+/// How often a held-back tool's pin is read again (an operator may have pinned it).
+const PIN_POLL: Duration = Duration::from_secs(1);
 
 /// What the supervisor found at its latest connection.
 #[derive(Clone, Debug)]
@@ -67,6 +70,14 @@ pub(crate) struct Link {
     progress: Mutex<HashMap<ProgressToken, ToolContext>>,
     /// The tools the upstream listed at its latest connection.
     listed: Mutex<Option<Vec<rmcp::model::Tool>>>,
+    /// Where definitions are pinned; set by [`Link::start`] (the CLI never starts a link).
+    pins: std::sync::OnceLock<Arc<dyn PinBook>>,
+    /// Each hosted tool's definition against its pin, by the upstream's tool name, as of the
+    /// latest listing. Written before the link turns `Up`, so a call never runs on a listing
+    /// that was not judged.
+    verdicts: Mutex<HashMap<String, Verdict>>,
+    /// Rung by the upstream's `notifications/tools/list_changed`.
+    relist: tokio::sync::Notify,
     shutdown: CancellationToken,
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -78,6 +89,9 @@ impl Link {
             state: watch::channel(LinkState::Idle).0,
             progress: Mutex::new(HashMap::new()),
             listed: Mutex::new(None),
+            pins: std::sync::OnceLock::new(),
+            verdicts: Mutex::new(HashMap::new()),
+            relist: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             supervisor: Mutex::new(None),
         })
@@ -95,14 +109,108 @@ impl Link {
         lock(&self.listed).clone()
     }
 
+    /// Sets what a link that is not started lists (the CLI, from the pins).
+    pub(crate) fn assume_listed(&self, tools: Vec<rmcp::model::Tool>) {
+        *lock(&self.listed) = Some(tools);
+    }
+
     /// Where the supervisor keeps what the upstream listed (unit tests fill it in).
     #[cfg(test)]
     pub(crate) fn listed_slot(&self) -> &Mutex<Option<Vec<rmcp::model::Tool>>> {
         &self.listed
     }
 
+    /// What capgate knows of a hosted tool's definition (`None`: the upstream has not listed
+    /// it, or the link was never started).
+    pub(crate) fn verdict(&self, remote: &str) -> Option<Verdict> {
+        lock(&self.verdicts).get(remote).cloned()
+    }
+
+    /// Whether capgate hosts this listed tool (and so pins it).
+    fn hosts(&self, remote: &str) -> bool {
+        self.config.expose == Expose::All || self.config.tools.contains_key(remote)
+    }
+
+    /// Judges every hosted tool of a listing against its pin, pinning those seen first.
+    fn review(&self, tools: &[rmcp::model::Tool]) {
+        let Some(pins) = self.pins.get() else {
+            return;
+        };
+        let mut verdicts = HashMap::new();
+        for t in tools.iter().filter(|t| self.hosts(&t.name)) {
+            let def = Definition::of(t);
+            let pinned = pins.observe(self.name(), &t.name, &def.digest, &def.json);
+            let verdict = Verdict::judge(&def.digest, pinned);
+            match &verdict {
+                Verdict::Changed { seen, pinned } => {
+                    tracing::warn!(target: "capgate::upstream", upstream = %self.name(), tool = %t.name, pinned = %pinned, seen = %seen, "definition changed since it was pinned; the tool is held back until `capgate upstream pin {}`", self.name())
+                }
+                Verdict::Unknown(why) => {
+                    tracing::error!(target: "capgate::upstream", upstream = %self.name(), tool = %t.name, "cannot read its pin ({why}); the tool is held back")
+                }
+                Verdict::Pinned { .. } => {}
+            }
+            verdicts.insert(t.name.to_string(), verdict);
+        }
+        *lock(&self.verdicts) = verdicts;
+    }
+
+    /// Reads the pins again for the tools held back (an operator may have pinned them, or the
+    /// store may be back).
+    fn recheck(&self) {
+        if !lock(&self.verdicts).values().any(Verdict::unsettled) {
+            return;
+        }
+        let Some(pins) = self.pins.get() else {
+            return;
+        };
+        if lock(&self.verdicts)
+            .values()
+            .any(|v| matches!(v, Verdict::Unknown(_)))
+        {
+            // A failed observation is retried whole: its first sight may not be pinned yet.
+            if let Some(tools) = self.listed() {
+                self.review(&tools);
+            }
+            return;
+        }
+        let pinned = pins.pinned(self.name());
+        let mut verdicts = lock(&self.verdicts);
+        for (tool, v) in verdicts.iter_mut() {
+            if let Verdict::Changed { seen, .. } = v {
+                let now = match &pinned {
+                    Ok(map) => Ok(map.get(tool).cloned().unwrap_or_default()),
+                    Err(e) => Err(e.to_string().into()),
+                };
+                let next = Verdict::judge(seen, now);
+                if matches!(next, Verdict::Pinned { .. }) {
+                    tracing::info!(target: "capgate::upstream", upstream = %self.name(), tool = %tool, "its new definition was pinned");
+                }
+                *v = next;
+            }
+        }
+    }
+
+    /// Lists the upstream's tools and judges them; on failure the previous listing stands.
+    async fn list(&self, peer: &Peer<RoleClient>) {
+        match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools()).await {
+            Ok(Ok(tools)) => {
+                self.review(&tools);
+                *lock(&self.listed) = Some(tools);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list failed: {e}")
+            }
+            Err(_) => {
+                tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list did not answer")
+            }
+        }
+    }
+
     /// Starts the supervisor and waits (at most [`CONNECT_TIMEOUT`]) for its first attempt.
-    pub(crate) async fn start(self: &Arc<Self>) -> Result<(), Error> {
+    /// Definitions are pinned in `pins`.
+    pub(crate) async fn start(self: &Arc<Self>, pins: Arc<dyn PinBook>) -> Result<(), Error> {
+        let _ = self.pins.set(pins);
         let env: Vec<_> = self.config.resolved_env()?.into_iter().collect();
         let headers: Vec<_> = self.config.resolved_headers()?.into_iter().collect();
         let mut ready = self.state.subscribe();
@@ -184,21 +292,25 @@ impl Link {
                 Ok(running) => {
                     let since = std::time::Instant::now();
                     let peer = running.peer().clone();
-                    match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools()).await {
-                        Ok(Ok(tools)) => *lock(&self.listed) = Some(tools),
-                        Ok(Err(e)) => {
-                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list failed: {e}")
-                        }
-                        Err(_) => {
-                            tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list did not answer")
-                        }
-                    }
+                    self.list(&peer).await;
                     tracing::info!(target: "capgate::upstream", upstream = %self.name(), "connected");
-                    self.state.send_replace(LinkState::Up(peer));
+                    self.state.send_replace(LinkState::Up(peer.clone()));
                     let ct = running.cancellation_token();
                     let mut done = Box::pin(running.waiting());
-                    tokio::select! {
-                        quit = &mut done => {
+                    let mut poll = tokio::time::interval(PIN_POLL);
+                    let quit = loop {
+                        tokio::select! {
+                            quit = &mut done => break Some(quit),
+                            _ = self.shutdown.cancelled() => break None,
+                            _ = self.relist.notified() => {
+                                tracing::info!(target: "capgate::upstream", upstream = %self.name(), "the upstream's tool list changed; listing it again");
+                                self.list(&peer).await;
+                            }
+                            _ = poll.tick() => self.recheck(),
+                        }
+                    };
+                    match quit {
+                        Some(quit) => {
                             let why = match quit {
                                 Ok(reason) => format!("connection ended: {reason:?}"),
                                 Err(e) => format!("connection task failed: {e}"),
@@ -212,7 +324,7 @@ impl Link {
                             tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "{why}; reconnecting in {backoff:?}");
                             self.state.send_replace(LinkState::Down(why));
                         }
-                        _ = self.shutdown.cancelled() => {
+                        None => {
                             ct.cancel();
                             let _ = done.await;
                             break;
@@ -415,7 +527,11 @@ impl ClientHandler for Handler {
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "the upstream's tool list changed; capgate keeps the tools it registered at start");
+        // The supervisor lists again and judges the new definitions against their pins; the
+        // tools hosted stay those registered at start.
+        if let Some(link) = self.link.upgrade() {
+            link.relist.notify_one();
+        }
     }
 
     fn get_info(&self) -> ClientConfig {

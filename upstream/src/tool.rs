@@ -12,6 +12,7 @@ use std::sync::Arc;
 use capgate_core::rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
 use capgate_core::{
     Arguments, Operation, Resource, Tool, ToolError, ToolFuture, ToolInput, ToolOutput, ToolSpec,
+    Withheld,
 };
 use rmcp::model::{
     CallToolResult, CancelledNotification, CancelledNotificationParam, ContentBlock, ServerResult,
@@ -29,6 +30,9 @@ pub(crate) struct UpstreamTool {
     pub(crate) remote: String,
     pub(crate) derive: Derive,
     pub(crate) link: Arc<Link>,
+    /// Digest of the listed definition this entry was registered from (`None`: registered
+    /// before the upstream listed it, with the config's operation and any-object schema).
+    pub(crate) registered: Option<String>,
 }
 
 /// The schema of a tool the upstream has not described (yet): any object; the upstream checks
@@ -70,6 +74,14 @@ impl Tool for UpstreamTool {
         self.derive.canonicalizes()
     }
 
+    fn withheld(&self) -> Option<Withheld> {
+        self.link.verdict(&self.remote)?.withheld(
+            self.link.name(),
+            &self.spec.name,
+            self.registered.as_deref(),
+        )
+    }
+
     fn call(&self, input: ToolInput) -> ToolFuture<'_> {
         let (mut args, resource, ctx) = input.into_parts();
         self.derive.rewrite(&mut args, &resource);
@@ -78,6 +90,11 @@ impl Tool for UpstreamTool {
             let timeout = self.link.config.timeout;
             let fail = |what: String| ToolError::failed(format!("upstream `{name}`: {what}"));
             let peer = self.link.peer(timeout).await.map_err(&fail)?;
+            // The guard judged the listing of its moment; a reconnect while this call waited
+            // may have brought a changed definition, judged before the link came up again.
+            if let Some(w) = self.withheld() {
+                return Err(fail(format!("{}: {}", w.reason, w.message)));
+            }
             let params =
                 CallToolRequestParams::new(Cow::Owned(self.remote.clone())).with_arguments(args);
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));

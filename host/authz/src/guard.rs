@@ -277,6 +277,7 @@ impl Guard {
         let now = SystemTime::now();
         let decision = self
             .judge(token, call, env, now)
+            .and_then(|grant| Self::standing(call, grant))
             .and_then(|grant| self.spend(token, call, grant, now));
         self.watch(decision, call)
     }
@@ -285,6 +286,20 @@ impl Guard {
     /// running tool asking about the entries of a walk (what it may show), not for calls.
     pub fn permits(&self, token: &Arc<VerifiedToken>, call: &Prepared, env: &CallEnv) -> bool {
         self.judge(token, call, env, SystemTime::now()).is_ok()
+    }
+
+    /// Refuses an otherwise allowed call of a tool that is held back (an upstream tool whose
+    /// definition changed since it was pinned): the token would allow it, the tool may not run.
+    fn standing(call: &Prepared, grant: Grant) -> Result<Grant, Box<Denial>> {
+        let Some(w) = call.withheld() else {
+            return Ok(grant);
+        };
+        let task = Some(Arc::clone(&grant.task));
+        Err(Box::new(if w.fault {
+            Denial::fault(w.reason, w.message, call, task)
+        } else {
+            Denial::new(w.reason, w.message, call, task)
+        }))
     }
 
     /// Counts an allowed call against the budget its token carries.
@@ -352,13 +367,18 @@ impl Guard {
         }
         // Only the caller's own attempts count: not capgate's faults, not a Datalog run cut
         // off by a busy machine, not a budget reached (its answer says to wait or to ask for
-        // more), and not a token whose own later block expired or was revoked (a sub-agent's
-        // narrower token running out is not the task misbehaving).
+        // more), not a token whose own later block expired or was revoked (a sub-agent's
+        // narrower token running out is not the task misbehaving), and not a tool held back
+        // because its upstream changed it (the upstream's doing, not the agent's).
         if let Err(d) = &decision
             && (d.fault
                 || matches!(
                     d.reason.as_str(),
-                    "budget_exhausted" | "run_limit" | "token_expired" | "token_revoked"
+                    "budget_exhausted"
+                        | "run_limit"
+                        | "token_expired"
+                        | "token_revoked"
+                        | "definition_changed"
                 ))
         {
             return decision;
@@ -597,6 +617,7 @@ impl Guard {
         let visible = catalog
             .specs()
             .filter(|spec| task.grant.tools.contains_key(&spec.name) && rights.contains(&spec.name))
+            .filter(|spec| catalog.withheld(&spec.name).is_none())
             .filter(|spec| used.as_ref().is_none_or(|u| u.admits(budget, &spec.name)))
             .filter(|spec| {
                 candidates.iter().any(|c| {

@@ -57,7 +57,9 @@ use serde_json::Value;
 
 use crate::context::ToolContext;
 use crate::error::Error;
-use crate::tool::{Arguments, Resource, Tool, ToolError, ToolFuture, ToolInput, ToolSpec};
+use crate::tool::{
+    Arguments, Resource, Tool, ToolError, ToolFuture, ToolInput, ToolSpec, Withheld,
+};
 
 /// Names of capgate's own in-band control tools; hosted tools may not take them.
 pub const RESERVED_NAMES: &[&str] = &["task_begin", "task_end"];
@@ -157,6 +159,11 @@ impl Catalog {
     /// The descriptions of all hosted tools, by name.
     pub fn specs(&self) -> impl Iterator<Item = &ToolSpec> {
         self.tools.values().map(|e| e.tool.spec())
+    }
+
+    /// Why a hosted tool is held back from callers now, if it is (see [`Tool::withheld`]).
+    pub fn withheld(&self, name: &str) -> Option<Withheld> {
+        self.tools.get(name).and_then(|e| e.tool.withheld())
     }
 
     /// A hosted tool's description.
@@ -265,6 +272,11 @@ impl Prepared {
     /// The validated arguments.
     pub fn args(&self) -> &Arguments {
         &self.args
+    }
+
+    /// Why the tool is held back from callers now, if it is: the guard refuses such a call.
+    pub fn withheld(&self) -> Option<Withheld> {
+        self.tool.withheld()
     }
 
     /// The canonical resource the call touches.

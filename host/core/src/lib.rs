@@ -31,7 +31,7 @@ pub use error::Error;
 pub use section::Section;
 pub use tool::{
     Arguments, Content, DynamicTool, Operation, Resource, Tool, ToolError, ToolFuture, ToolInput,
-    ToolOutput, ToolSpec, TypedTool, schema_of, str_arg,
+    ToolOutput, ToolSpec, TypedTool, Withheld, schema_of, str_arg,
 };
 
 /// The MCP model types, for tool authors.

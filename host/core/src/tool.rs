@@ -256,6 +256,17 @@ impl ToolError {
     }
 }
 
+/// Why a hosted tool is held back from callers for now (see [`Tool::withheld`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// The denial reason, low-cardinality (`definition_changed`, `store_unavailable`).
+    pub reason: &'static str,
+    /// One sentence for the agent and the operator: what changed and who can release it.
+    pub message: String,
+    /// True when capgate itself cannot tell (its store failed), not because of the tool.
+    pub fault: bool,
+}
+
 /// Everything a tool receives for one authorized, recorded call.
 ///
 /// It has no public constructor: the door builds it for a call that passed the guard and the
@@ -329,6 +340,14 @@ pub trait Tool: Send + Sync + 'static {
     /// written. Only then does a tenant's prefix, so spelled, name resources of this tool.
     fn canonicalizes_prefixes(&self) -> bool {
         false
+    }
+
+    /// Why the tool may not be called right now, if it may not: for a tool whose definition
+    /// is not (or no longer) the one an operator accepted. A withheld tool is hidden from
+    /// `tools/list` and the guard refuses its calls with [`Withheld::reason`]. The default is
+    /// never withheld.
+    fn withheld(&self) -> Option<Withheld> {
+        None
     }
 
     /// Performs the call. Reached only through the door ([`Door::dispatch`]), for a call the

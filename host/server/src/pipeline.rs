@@ -84,7 +84,9 @@ impl Pipeline {
     /// as a dry run). Nothing about other tenants goes in: only the caller's own request and
     /// rights, and the name of a rule the caller could read in the policy anyway.
     fn remedy(&self, caller: &Caller, d: &mut Denial) {
-        if d.fault || d.task_revoked.is_some() {
+        // A new task cannot help with capgate's own fault, a revoked task, or a tool held
+        // back until an operator accepts its changed definition.
+        if d.fault || d.task_revoked.is_some() || d.reason == "definition_changed" {
             return;
         }
         let mut needed = json!({"tool": d.tool, "resource": d.resource});

@@ -130,6 +130,45 @@ fn contract(s: &dyn TaskStore) {
         s.spend_budget("r", "x", &rate, later).unwrap().is_ok(),
         "the rate recovers"
     );
+
+    // Pins: the first sight pins; a later, different sight is recorded beside the pin and
+    // changes it only when accepted; accepting twice changes nothing the second time.
+    let first = s
+        .observe_definition("notes", "read", "d1", "{\"v\":1}", now)
+        .unwrap();
+    assert_eq!(
+        (first.pinned_digest.as_str(), first.matches()),
+        ("d1", true)
+    );
+    s.observe_definition("notes", "other", "o1", "{}", now)
+        .unwrap();
+    s.observe_definition("wiki", "read", "w1", "{}", now)
+        .unwrap();
+    let changed = s
+        .observe_definition("notes", "read", "d2", "{\"v\":2}", later)
+        .unwrap();
+    assert_eq!(changed.pinned_digest, "d1", "a change does not pin itself");
+    assert_eq!(changed.seen_digest, "d2");
+    assert_eq!(changed.seen_definition, "{\"v\":2}");
+    assert!(!changed.matches());
+    assert_eq!(s.pins(Some("notes")).unwrap().len(), 2);
+    assert_eq!(s.pins(None).unwrap().len(), 3);
+    assert!(
+        s.pin_seen("notes", Some("other"), later)
+            .unwrap()
+            .is_empty()
+    );
+    let accepted = s.pin_seen("notes", None, later).unwrap();
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].tool, "read");
+    assert_eq!(accepted[0].pinned_digest, "d2");
+    assert_eq!(accepted[0].pinned_definition, "{\"v\":2}");
+    assert!(s.pin_seen("notes", None, later).unwrap().is_empty());
+    let back = s
+        .observe_definition("notes", "read", "d1", "{\"v\":1}", later)
+        .unwrap();
+    assert_eq!(back.pinned_digest, "d2", "going back is a change too");
+    assert!(!back.matches());
 }
 
 #[test]
@@ -144,7 +183,7 @@ fn the_postgres_store_keeps_the_contract_and_its_data_across_reopen() {
     let url = pg.database("contract");
     {
         let s = postgres(&url);
-        assert_eq!(s.schema_version(), 1);
+        assert_eq!(s.schema_version(), 2);
         contract(&s);
     }
     // A second open applies no migration again and sees what the first wrote.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskRecord};
 use capgate_server::Error;
-use capgate_server::store::{Revocation, SqliteStore, TaskStore, ToolUsage, UsageDelta};
+use capgate_server::store::{PinRecord, Revocation, SqliteStore, TaskStore, ToolUsage, UsageDelta};
 
 /// The SQLite store, failing every operation while [`FailingStore::fail`] is on (or only the
 /// reading of revocations, with [`FailingStore::fail_revocations`]), and counting task
@@ -135,5 +135,30 @@ impl TaskStore for FailingStore {
     fn change_counter(&self) -> Result<u64, Error> {
         self.check()?;
         self.inner.change_counter()
+    }
+    fn observe_definition(
+        &self,
+        upstream: &str,
+        tool: &str,
+        digest: &str,
+        definition: &str,
+        at: SystemTime,
+    ) -> Result<PinRecord, Error> {
+        self.check()?;
+        self.inner
+            .observe_definition(upstream, tool, digest, definition, at)
+    }
+    fn pins(&self, upstream: Option<&str>) -> Result<Vec<PinRecord>, Error> {
+        self.check()?;
+        self.inner.pins(upstream)
+    }
+    fn pin_seen(
+        &self,
+        upstream: &str,
+        tool: Option<&str>,
+        at: SystemTime,
+    ) -> Result<Vec<PinRecord>, Error> {
+        self.check()?;
+        self.inner.pin_seen(upstream, tool, at)
     }
 }

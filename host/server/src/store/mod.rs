@@ -157,6 +157,35 @@ impl UsageDelta {
     }
 }
 
+/// An upstream tool's pinned definition and the one last seen (DESIGN, "Upstream MCP servers":
+/// pinned at first sight, a changed one held back until an operator pins it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PinRecord {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The tool, as the upstream names it.
+    pub tool: String,
+    /// Digest of the accepted definition.
+    pub pinned_digest: String,
+    /// The accepted definition (canonical JSON).
+    pub pinned_definition: String,
+    /// When it was accepted, Unix milliseconds.
+    pub pinned_at: i64,
+    /// Digest of the definition a capgate saw most recently.
+    pub seen_digest: String,
+    /// That definition (canonical JSON).
+    pub seen_definition: String,
+    /// When it was seen, Unix milliseconds.
+    pub seen_at: i64,
+}
+
+impl PinRecord {
+    /// Whether what was seen last is what was accepted.
+    pub fn matches(&self) -> bool {
+        self.pinned_digest == self.seen_digest
+    }
+}
+
 /// Where tasks and revocations live. The SQLite store is the default; a shared database can
 /// replace it for several replicas.
 pub trait TaskStore: Send + Sync {
@@ -204,4 +233,24 @@ pub trait TaskStore: Send + Sync {
     /// A number that changes whenever any process writes a revocation (ending a task writes
     /// one), so that cached revocations and tasks can be refreshed cheaply and only when needed.
     fn change_counter(&self) -> Result<u64, Error>;
+    /// Records the definition an upstream tool has now, pinning it when the tool has no pin
+    /// yet (first sight), in one transaction; returns the record as stored.
+    fn observe_definition(
+        &self,
+        upstream: &str,
+        tool: &str,
+        digest: &str,
+        definition: &str,
+        at: SystemTime,
+    ) -> Result<PinRecord, Error>;
+    /// The pins of one upstream, or of all, by upstream and tool.
+    fn pins(&self, upstream: Option<&str>) -> Result<Vec<PinRecord>, Error>;
+    /// Accepts what was seen last for an upstream's tools (only `tool`, when given) as their
+    /// pins; returns the records whose pin changed.
+    fn pin_seen(
+        &self,
+        upstream: &str,
+        tool: Option<&str>,
+        at: SystemTime,
+    ) -> Result<Vec<PinRecord>, Error>;
 }

@@ -29,13 +29,15 @@ use futures_util::StreamExt as _;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
-use super::{Revocation, TaskStore, ToolUsage, UsageDelta, from_millis, millis, revocation_reason};
+use super::{
+    PinRecord, Revocation, TaskStore, ToolUsage, UsageDelta, from_millis, millis, revocation_reason,
+};
 use crate::config::StoreConfig;
 use crate::error::Error;
 
 /// The newest schema this capgate knows. A database at a newer version was migrated by a newer
 /// capgate; this one refuses to start on it rather than misread it.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// The channel revocations are announced on; the payload is the new revision.
 const CHANNEL: &str = "capgate_revocation";
@@ -102,6 +104,38 @@ const SCHEMA_V1: &str = "
     );
     INSERT INTO capgate_revision (id, value) VALUES (0, 0);
 ";
+
+/// Schema version 2: upstream tools' pinned definitions, and the ones last seen.
+const SCHEMA_V2: &str = "
+    CREATE TABLE capgate_upstream_pins (
+        upstream          TEXT NOT NULL,
+        tool              TEXT NOT NULL,
+        pinned_digest     TEXT NOT NULL,
+        pinned_definition TEXT NOT NULL,
+        pinned_at         BIGINT NOT NULL,
+        seen_digest       TEXT NOT NULL,
+        seen_definition   TEXT NOT NULL,
+        seen_at           BIGINT NOT NULL,
+        PRIMARY KEY (upstream, tool)
+    );
+";
+
+/// The columns of a pin record, in [`row_to_pin`]'s order.
+const PIN_COLUMNS: &str = "upstream, tool, pinned_digest, pinned_definition, pinned_at, \
+                           seen_digest, seen_definition, seen_at";
+
+fn row_to_pin(r: &Row) -> Result<PinRecord, tokio_postgres::Error> {
+    Ok(PinRecord {
+        upstream: r.try_get(0)?,
+        tool: r.try_get(1)?,
+        pinned_digest: r.try_get(2)?,
+        pinned_definition: r.try_get(3)?,
+        pinned_at: r.try_get(4)?,
+        seen_digest: r.try_get(5)?,
+        seen_definition: r.try_get(6)?,
+        seen_at: r.try_get(7)?,
+    })
+}
 
 /// Where the database is, as configured, and how to name it in messages (never with its
 /// password).
@@ -455,6 +489,9 @@ impl PostgresStore {
             }
             if found < 1 {
                 tx.batch_execute(SCHEMA_V1).await?;
+            }
+            if found < 2 {
+                tx.batch_execute(SCHEMA_V2).await?;
             }
             if found < SCHEMA_VERSION {
                 tx.execute(
@@ -1093,6 +1130,85 @@ impl TaskStore for PostgresStore {
             .revision
             .load(Ordering::Acquire)
             .wrapping_add(generation << 48))
+    }
+
+    fn observe_definition(
+        &self,
+        upstream: &str,
+        tool: &str,
+        digest: &str,
+        definition: &str,
+        at: SystemTime,
+    ) -> Result<PinRecord, Error> {
+        let pool = self.pool.clone();
+        let (upstream, tool) = (upstream.to_owned(), tool.to_owned());
+        let (digest, definition) = (digest.to_owned(), definition.to_owned());
+        self.run("recording an upstream tool's definition", async move {
+            let client = pool.get().await?;
+            // First sight pins; later sights only update what was seen. One statement, so two
+            // replicas seeing a tool first together pin one definition.
+            let row = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO capgate_upstream_pins (upstream, tool, pinned_digest,
+                            pinned_definition, pinned_at, seen_digest, seen_definition, seen_at)
+                         VALUES ($1, $2, $3, $4, $5, $3, $4, $5)
+                         ON CONFLICT (upstream, tool) DO UPDATE SET
+                            seen_digest = excluded.seen_digest,
+                            seen_definition = excluded.seen_definition,
+                            seen_at = excluded.seen_at
+                         RETURNING {PIN_COLUMNS}"
+                    ),
+                    &[&upstream, &tool, &digest, &definition, &millis(at)],
+                )
+                .await?;
+            Ok(row_to_pin(&row)?)
+        })
+    }
+
+    fn pins(&self, upstream: Option<&str>) -> Result<Vec<PinRecord>, Error> {
+        let pool = self.pool.clone();
+        let upstream = upstream.map(str::to_owned);
+        self.run("reading upstream pins", async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {PIN_COLUMNS} FROM capgate_upstream_pins
+                         WHERE $1::TEXT IS NULL OR upstream = $1 ORDER BY upstream, tool"
+                    ),
+                    &[&upstream],
+                )
+                .await?;
+            Ok(rows.iter().map(row_to_pin).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn pin_seen(
+        &self,
+        upstream: &str,
+        tool: Option<&str>,
+        at: SystemTime,
+    ) -> Result<Vec<PinRecord>, Error> {
+        let pool = self.pool.clone();
+        let upstream = upstream.to_owned();
+        let tool = tool.map(str::to_owned);
+        self.run("pinning upstream definitions", async move {
+            let client = pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "UPDATE capgate_upstream_pins SET pinned_digest = seen_digest,
+                            pinned_definition = seen_definition, pinned_at = $3
+                         WHERE upstream = $1 AND ($2::TEXT IS NULL OR tool = $2)
+                           AND pinned_digest <> seen_digest
+                         RETURNING {PIN_COLUMNS}"
+                    ),
+                    &[&upstream, &tool, &millis(at)],
+                )
+                .await?;
+            Ok(rows.iter().map(row_to_pin).collect::<Result<Vec<_>, _>>()?)
+        })
     }
 }
 

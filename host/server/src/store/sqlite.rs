@@ -13,7 +13,7 @@ use capgate_core::task::{Budget, BudgetExhausted, BudgetUse, EndReason, TaskReco
 use rusqlite::TransactionBehavior;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Revocation, TaskStore, ToolUsage, UsageDelta, from_millis, millis};
+use super::{PinRecord, Revocation, TaskStore, ToolUsage, UsageDelta, from_millis, millis};
 use crate::error::Error;
 
 /// The embedded SQLite store.
@@ -22,7 +22,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Schema version 1: tasks, revocations, usage and the revision counter.
 const SCHEMA_V1: &str = "
@@ -80,6 +80,38 @@ const SCHEMA_V2: &str = "
                  );
                  CREATE INDEX IF NOT EXISTS budget_recent_task ON budget_recent (task_id, at);
 ";
+
+/// Schema version 3: upstream tools' pinned definitions, and the ones last seen.
+const SCHEMA_V3: &str = "
+                 CREATE TABLE IF NOT EXISTS upstream_pins (
+                    upstream          TEXT NOT NULL,
+                    tool              TEXT NOT NULL,
+                    pinned_digest     TEXT NOT NULL,
+                    pinned_definition TEXT NOT NULL,
+                    pinned_at         INTEGER NOT NULL,
+                    seen_digest       TEXT NOT NULL,
+                    seen_definition   TEXT NOT NULL,
+                    seen_at           INTEGER NOT NULL,
+                    PRIMARY KEY (upstream, tool)
+                 );
+";
+
+/// The columns of a pin record, in [`row_to_pin`]'s order.
+const PIN_COLUMNS: &str = "upstream, tool, pinned_digest, pinned_definition, pinned_at, \
+                           seen_digest, seen_definition, seen_at";
+
+fn row_to_pin(r: &rusqlite::Row<'_>) -> rusqlite::Result<PinRecord> {
+    Ok(PinRecord {
+        upstream: r.get(0)?,
+        tool: r.get(1)?,
+        pinned_digest: r.get(2)?,
+        pinned_definition: r.get(3)?,
+        pinned_at: r.get(4)?,
+        seen_digest: r.get(5)?,
+        seen_definition: r.get(6)?,
+        seen_at: r.get(7)?,
+    })
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
@@ -143,6 +175,9 @@ impl SqliteStore {
                     .map_err(self.fail(DOING))?;
             }
             tx.execute_batch(SCHEMA_V2).map_err(self.fail(DOING))?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3).map_err(self.fail(DOING))?;
         }
         if version < SCHEMA_VERSION {
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
@@ -529,6 +564,87 @@ impl TaskStore for SqliteStore {
         stmt.query_row([], |r| r.get::<_, i64>(0))
             .map(|v| v as u64)
             .map_err(self.fail("reading the revision counter"))
+    }
+
+    fn observe_definition(
+        &self,
+        upstream: &str,
+        tool: &str,
+        digest: &str,
+        definition: &str,
+        at: SystemTime,
+    ) -> Result<PinRecord, Error> {
+        const DOING: &str = "recording an upstream tool's definition";
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.fail(DOING))?;
+        // First sight pins; later sights only update what was seen.
+        tx.execute(
+            "INSERT INTO upstream_pins (upstream, tool, pinned_digest, pinned_definition, pinned_at,
+                                        seen_digest, seen_definition, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?3, ?4, ?5)
+             ON CONFLICT (upstream, tool) DO UPDATE SET
+                seen_digest = excluded.seen_digest,
+                seen_definition = excluded.seen_definition,
+                seen_at = excluded.seen_at",
+            params![upstream, tool, digest, definition, millis(at)],
+        )
+        .map_err(self.fail(DOING))?;
+        let record = tx
+            .query_row(
+                &format!(
+                    "SELECT {PIN_COLUMNS} FROM upstream_pins WHERE upstream = ?1 AND tool = ?2"
+                ),
+                params![upstream, tool],
+                row_to_pin,
+            )
+            .map_err(self.fail(DOING))?;
+        tx.commit().map_err(self.fail(DOING))?;
+        Ok(record)
+    }
+
+    fn pins(&self, upstream: Option<&str>) -> Result<Vec<PinRecord>, Error> {
+        const DOING: &str = "reading upstream pins";
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {PIN_COLUMNS} FROM upstream_pins
+                 WHERE ?1 IS NULL OR upstream = ?1 ORDER BY upstream, tool"
+            ))
+            .map_err(self.fail(DOING))?;
+        stmt.query_map([upstream], row_to_pin)
+            .and_then(|rows| rows.collect())
+            .map_err(self.fail(DOING))
+    }
+
+    fn pin_seen(
+        &self,
+        upstream: &str,
+        tool: Option<&str>,
+        at: SystemTime,
+    ) -> Result<Vec<PinRecord>, Error> {
+        const DOING: &str = "pinning upstream definitions";
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.fail(DOING))?;
+        let changed: Vec<PinRecord> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "UPDATE upstream_pins SET pinned_digest = seen_digest,
+                        pinned_definition = seen_definition, pinned_at = ?3
+                     WHERE upstream = ?1 AND (?2 IS NULL OR tool = ?2)
+                       AND pinned_digest <> seen_digest
+                     RETURNING {PIN_COLUMNS}"
+                ))
+                .map_err(self.fail(DOING))?;
+            stmt.query_map(params![upstream, tool, millis(at)], row_to_pin)
+                .and_then(|rows| rows.collect::<rusqlite::Result<_>>())
+                .map_err(self.fail(DOING))?
+        };
+        tx.commit().map_err(self.fail(DOING))?;
+        Ok(changed)
     }
 }
 
