@@ -54,6 +54,7 @@ fn register_fixtures(registry: &mut Registry) -> Result<(), Error> {
     notifications::register(registry)?;
     client_requests::register(registry)?;
     schemas::register(registry)?;
+    readable::register(registry)?;
     Ok(())
 }
 
@@ -154,6 +155,162 @@ mod content {
 
     fn red_pixel() -> Content {
         ContentBlock::image(media::RED_PIXEL_PNG_BASE64.as_str(), "image/png")
+    }
+}
+
+/// The fixture resources and prompts (`resources-*`, `prompts-*`, `completion-complete`),
+/// registered through the core's registration API beside the tools: natively registered
+/// resources are the pseudo-tool `resources` (resource = the URI), prompts the pseudo-tool
+/// `prompts` (resource = `prompt:<name>`), so a read or a fetch passes the guard and the audit
+/// log like a tool call.
+mod readable {
+    use super::*;
+    use capgate::core::rmcp::model::{
+        GetPromptResult, Prompt, PromptArgument, PromptMessage, ReadResourceResult, Resource,
+        ResourceTemplate,
+    };
+    use capgate::core::{Prompts, Resources};
+
+    pub(super) fn register(registry: &mut Registry) -> Result<(), Error> {
+        let text = |text: &'static str| {
+            move |uri: &str, _: &[(String, String)]| {
+                Ok(ReadResourceResult::new(vec![
+                    ResourceContents::text(text, uri).with_mime_type("text/plain"),
+                ]))
+            }
+        };
+        let resources = Resources::new()
+            .resource(
+                Resource::new("test://static-text", "static-text")
+                    .with_description("A fixed text resource.")
+                    .with_mime_type("text/plain"),
+                text("This is the content of the static text resource."),
+            )
+            .resource(
+                Resource::new("test://static-binary", "static-binary")
+                    .with_description("A fixed binary resource: a 1x1 red PNG.")
+                    .with_mime_type("image/png"),
+                |uri, _| {
+                    Ok(ReadResourceResult::new(vec![
+                        ResourceContents::blob(media::RED_PIXEL_PNG_BASE64.as_str(), uri)
+                            .with_mime_type("image/png"),
+                    ]))
+                },
+            )
+            .resource(
+                Resource::new("test://watched-resource", "watched-resource")
+                    .with_description("A resource clients may subscribe to.")
+                    .with_mime_type("text/plain"),
+                text("Watched resource content."),
+            )
+            .template(
+                ResourceTemplate::new("test://template/{id}/data", "template-data")
+                    .with_description("A resource per id; the id is echoed in the content.")
+                    .with_mime_type("application/json"),
+                |uri, vars| {
+                    let id = vars.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str());
+                    let body = json!({"id": id, "templateTest": true, "data": format!("Data for ID: {}", id.unwrap_or_default())});
+                    Ok(ReadResourceResult::new(vec![
+                        ResourceContents::text(body.to_string(), uri)
+                            .with_mime_type("application/json"),
+                    ]))
+                },
+            );
+        registry.register_resources(capgate::core::content::NATIVE_RESOURCES, resources)?;
+
+        let required = |name: &str, description: &str| {
+            let mut a = PromptArgument::new(name);
+            a.description = Some(description.to_owned());
+            a.required = Some(true);
+            a
+        };
+        let arg = |args: &Map<String, Value>, name: &str| {
+            args.get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let prompts = Prompts::new()
+            .prompt(
+                Prompt::new(
+                    "test_simple_prompt",
+                    Some("A prompt without arguments."),
+                    None,
+                ),
+                |_| {
+                    Ok(GetPromptResult::new(vec![PromptMessage::new_text(
+                        Role::User,
+                        "This is a simple prompt for testing.",
+                    )]))
+                },
+            )
+            .prompt(
+                Prompt::new(
+                    "test_prompt_with_arguments",
+                    Some("A prompt with two required arguments."),
+                    Some(vec![
+                        required("arg1", "First test argument"),
+                        required("arg2", "Second test argument"),
+                    ]),
+                ),
+                move |args| {
+                    Ok(GetPromptResult::new(vec![PromptMessage::new_text(
+                        Role::User,
+                        format!(
+                            "Prompt with arguments: arg1='{}', arg2='{}'",
+                            arg(args, "arg1"),
+                            arg(args, "arg2")
+                        ),
+                    )]))
+                },
+            )
+            .prompt(
+                Prompt::new(
+                    "test_prompt_with_embedded_resource",
+                    Some("A prompt that embeds a resource."),
+                    Some(vec![required(
+                        "resourceUri",
+                        "URI of the resource to embed",
+                    )]),
+                ),
+                move |args| {
+                    let uri = arg(args, "resourceUri");
+                    Ok(GetPromptResult::new(vec![
+                        PromptMessage::new(
+                            Role::User,
+                            ContentBlock::resource(
+                                ResourceContents::text(
+                                    "Embedded resource content for testing.",
+                                    uri,
+                                )
+                                .with_mime_type("text/plain"),
+                            ),
+                        ),
+                        PromptMessage::new_text(
+                            Role::User,
+                            "Please process the embedded resource above.",
+                        ),
+                    ]))
+                },
+            )
+            .prompt(
+                Prompt::new(
+                    "test_prompt_with_image",
+                    Some("A prompt with an image."),
+                    None,
+                ),
+                |_| {
+                    Ok(GetPromptResult::new(vec![
+                        PromptMessage::new(
+                            Role::User,
+                            ContentBlock::image(media::RED_PIXEL_PNG_BASE64.as_str(), "image/png"),
+                        ),
+                        PromptMessage::new_text(Role::User, "Please analyze the image above."),
+                    ]))
+                },
+            );
+        registry.register_prompts(capgate::core::content::NATIVE_PROMPTS, None, prompts)?;
+        Ok(())
     }
 }
 

@@ -52,6 +52,19 @@ const FIXTURE_TOOLS: &[&str] = &[
     "test_elicitation_sep1034_defaults",
     "test_elicitation_sep1330_enums",
     "json_schema_2020_12_tool",
+    // The pseudo-tools of the natively registered resources and prompts.
+    "resources",
+    "prompts",
+];
+
+/// What the task grants the pseudo-tools: the fixture URIs (a prefix ending in `/`) and each
+/// fixture prompt by name (`prompt:<name>`), nothing wider.
+const FIXTURE_RESOURCES: &[&str] = &[
+    "resources=test://",
+    "prompts=prompt:test_simple_prompt",
+    "prompts=prompt:test_prompt_with_arguments",
+    "prompts=prompt:test_prompt_with_embedded_resource",
+    "prompts=prompt:test_prompt_with_image",
 ];
 
 /// Scenarios capgate must pass. The baseline may list what capgate does not implement; it must
@@ -76,6 +89,16 @@ const MUST_PASS: &[&str] = &[
     "elicitation-sep1034-defaults",
     "elicitation-sep1330-enums",
     "json-schema-2020-12",
+    "resources-list",
+    "resources-read-text",
+    "resources-read-binary",
+    "resources-templates-read",
+    "prompts-list",
+    "prompts-get-simple",
+    "prompts-get-with-args",
+    "prompts-get-embedded-resource",
+    "prompts-get-with-image",
+    "completion-complete",
 ];
 
 const NPM_TIMEOUT: Duration = Duration::from_secs(600);
@@ -309,6 +332,7 @@ impl Installation {
             "1h",
         ];
         begin.extend(&tools);
+        begin.extend(FIXTURE_RESOURCES.iter().flat_map(|r| ["--resource", r]));
         let task: Value = serde_json::from_str(&self.run(&begin)).expect("task begin --json");
         let token = task["token"]
             .as_str()

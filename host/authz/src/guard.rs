@@ -617,6 +617,9 @@ impl Guard {
         let visible = catalog
             .specs()
             .filter(|spec| task.grant.tools.contains_key(&spec.name) && rights.contains(&spec.name))
+            // The pseudo-tools of resource and prompt sources are listed by resources/list and
+            // prompts/list, never as tools.
+            .filter(|spec| catalog.action_of(&spec.name) == Some(capgate_core::Action::Call))
             .filter(|spec| catalog.withheld(&spec.name).is_none())
             .filter(|spec| used.as_ref().is_none_or(|u| u.admits(budget, &spec.name)))
             .filter(|spec| {

@@ -55,6 +55,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::content::{PromptSource, PromptsTool, ResourceSource, ResourcesTool};
 use crate::context::ToolContext;
 use crate::error::Error;
 use crate::tool::{
@@ -94,6 +95,38 @@ pub trait Stages: Send + Sync + 'static {
 struct Entry {
     tool: Arc<dyn Tool>,
     validator: jsonschema::Validator,
+    kind: Kind,
+}
+
+/// What a registry entry hosts: a tool, or the pseudo-tool of a resource or prompt source.
+enum Kind {
+    Tool,
+    Resources(Arc<dyn ResourceSource>),
+    Prompts(Arc<PromptsTool>),
+}
+
+/// What a request asks the door for. Each entry answers one action only, so `tools/call`
+/// cannot reach the pseudo-tool of a resource source (and read around `resources/read`'s
+/// routing), and `resources/read` cannot run a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// `tools/call`, and a tool's nested call.
+    #[default]
+    Call,
+    /// `resources/read`: a resource source's pseudo-tool.
+    Read,
+    /// `prompts/get`: a prompt source's pseudo-tool.
+    Prompt,
+}
+
+impl Kind {
+    fn action(&self) -> Action {
+        match self {
+            Kind::Tool => Action::Call,
+            Kind::Resources(_) => Action::Read,
+            Kind::Prompts(_) => Action::Prompt,
+        }
+    }
 }
 
 /// The tools to host, while they are being registered. [`Door::new`] consumes it: after that
@@ -114,20 +147,70 @@ impl Registry {
     /// copy stays with the caller.
     pub fn register(&mut self, tool: impl Tool) -> Result<(), Error> {
         let spec = tool.spec();
-        let name = spec.name.clone();
-        if !valid_tool_name(&name) {
-            return Err(Error::BadToolName { name });
-        }
-        if RESERVED_NAMES.contains(&name.as_str()) {
-            return Err(Error::ReservedToolName { name });
-        }
-        if self.catalog.tools.contains_key(&name) {
-            return Err(Error::DuplicateTool { name });
-        }
+        self.check_name(&spec.name)?;
         if spec.input_schema.get("type").and_then(Value::as_str) != Some("object") {
-            return Err(Error::SchemaNotObject { name });
+            return Err(Error::SchemaNotObject {
+                name: spec.name.clone(),
+            });
         }
-        let schema = Value::Object(spec.input_schema.clone());
+        self.insert(Arc::new(tool), Kind::Tool)
+    }
+
+    /// Hosts a source of resources as the pseudo-tool `name`: `resources` for a tool pack's
+    /// own, `<upstream>__resources` for an upstream's. A read of one of its URIs is authorized
+    /// as that tool, operation `read`, on the URI.
+    pub fn register_resources(
+        &mut self,
+        name: &str,
+        source: impl ResourceSource,
+    ) -> Result<(), Error> {
+        let source: Arc<dyn ResourceSource> = Arc::new(source);
+        let tool = ResourcesTool::new(name, Arc::clone(&source));
+        self.check_name(name)?;
+        self.insert(Arc::new(tool), Kind::Resources(source))
+    }
+
+    /// Hosts a source of prompts as the pseudo-tool `name` (`prompts`, or
+    /// `<upstream>__prompts`). Its prompts are hosted as `<prefix>__<prompt>` (as the source
+    /// spells them without a prefix); a fetch is authorized as that tool, operation `read`, on
+    /// `prompt:<prompt>`.
+    pub fn register_prompts(
+        &mut self,
+        name: &str,
+        prefix: Option<&str>,
+        source: impl PromptSource,
+    ) -> Result<(), Error> {
+        let tool = Arc::new(PromptsTool::new(
+            name,
+            prefix.map(str::to_owned),
+            Arc::new(source),
+        ));
+        self.check_name(name)?;
+        self.insert(Arc::clone(&tool) as Arc<dyn Tool>, Kind::Prompts(tool))
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), Error> {
+        if !valid_tool_name(name) {
+            return Err(Error::BadToolName {
+                name: name.to_owned(),
+            });
+        }
+        if RESERVED_NAMES.contains(&name) {
+            return Err(Error::ReservedToolName {
+                name: name.to_owned(),
+            });
+        }
+        if self.catalog.tools.contains_key(name) {
+            return Err(Error::DuplicateTool {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, tool: Arc<dyn Tool>, kind: Kind) -> Result<(), Error> {
+        let name = tool.spec().name.clone();
+        let schema = Value::Object(tool.spec().input_schema.clone());
         let validator = jsonschema::validator_for(&schema).map_err(|e| Error::InvalidSchema {
             name: name.clone(),
             source: Box::new(e),
@@ -135,8 +218,9 @@ impl Registry {
         self.catalog.tools.insert(
             name,
             Entry {
-                tool: Arc::new(tool),
+                tool,
                 validator,
+                kind,
             },
         );
         Ok(())
@@ -156,9 +240,64 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The descriptions of all hosted tools, by name.
+    /// The descriptions of all hosted tools, by name, the pseudo-tools of resource and prompt
+    /// sources included (they are granted, audited and counted like tools).
     pub fn specs(&self) -> impl Iterator<Item = &ToolSpec> {
         self.tools.values().map(|e| e.tool.spec())
+    }
+
+    /// What requests reach the entry `name`: [`Action::Call`] for a tool, `Read` or `Prompt`
+    /// for a pseudo-tool. `tools/list` shows only the first.
+    pub fn action_of(&self, name: &str) -> Option<Action> {
+        self.tools.get(name).map(|e| e.kind.action())
+    }
+
+    /// The resource sources, by pseudo-tool name: native `resources` first, then the others in
+    /// name order. A URI two sources claim is read from the first.
+    pub fn resource_sources(&self) -> impl Iterator<Item = (&str, &dyn ResourceSource)> {
+        let native = self.tools.get_key_value(crate::content::NATIVE_RESOURCES);
+        native
+            .into_iter()
+            .chain(
+                self.tools
+                    .iter()
+                    .filter(|(n, _)| n.as_str() != crate::content::NATIVE_RESOURCES),
+            )
+            .filter_map(|(n, e)| match &e.kind {
+                Kind::Resources(s) => Some((n.as_str(), s.as_ref())),
+                _ => None,
+            })
+    }
+
+    /// The pseudo-tool whose source serves `uri`, if any.
+    pub fn resource_owner(&self, uri: &str) -> Option<&str> {
+        // A listed URI wins over a template match, so a source's template cannot capture
+        // another source's listed resource.
+        self.resource_sources()
+            .find(|(_, s)| s.resources().iter().any(|r| r.uri == uri))
+            .or_else(|| self.resource_sources().find(|(_, s)| s.serves(uri)))
+            .map(|(n, _)| n)
+    }
+
+    /// Every prompt hosted now: (pseudo-tool, hosted name, the prompt as its source spells it).
+    pub fn prompts(&self) -> Vec<(&str, String, rmcp::model::Prompt)> {
+        let mut out = Vec::new();
+        for (n, e) in &self.tools {
+            if let Kind::Prompts(p) = &e.kind {
+                for prompt in p.source.prompts() {
+                    out.push((n.as_str(), p.hosted(&prompt.name), prompt));
+                }
+            }
+        }
+        out
+    }
+
+    /// The pseudo-tool hosting the prompt a client calls `hosted`, and the source's name for it.
+    pub fn prompt_owner(&self, hosted: &str) -> Option<(&str, String)> {
+        self.tools.iter().find_map(|(n, e)| match &e.kind {
+            Kind::Prompts(p) => p.own(hosted).map(|name| (n.as_str(), name)),
+            _ => None,
+        })
     }
 
     /// Why a hosted tool is held back from callers now, if it is (see [`Tool::withheld`]).
@@ -215,9 +354,24 @@ impl Catalog {
     /// Resolves a call (tool, schema, resource) without authorizing it: a [`Prepared`] call can
     /// be put to a guard (or described), never run; only the door runs calls.
     pub fn prepare(&self, name: &str, args: Option<Arguments>) -> Result<Prepared, CallError> {
-        let entry = self.tools.get(name).ok_or_else(|| CallError::UnknownTool {
-            name: name.to_owned(),
-        })?;
+        self.prepare_as(Action::Call, name, args)
+    }
+
+    /// Like [`Catalog::prepare`], for the entry that answers `action`: an entry of another
+    /// kind is unknown to this request.
+    pub fn prepare_as(
+        &self,
+        action: Action,
+        name: &str,
+        args: Option<Arguments>,
+    ) -> Result<Prepared, CallError> {
+        let entry = self
+            .tools
+            .get(name)
+            .filter(|e| e.kind.action() == action)
+            .ok_or_else(|| CallError::UnknownTool {
+                name: name.to_owned(),
+            })?;
         let args = args.unwrap_or_default();
         let instance = Value::Object(args);
         if let Some(error) = entry.validator.iter_errors(&instance).next() {
@@ -362,6 +516,16 @@ impl<S: Stages> Door<S> {
     /// function must accept them. Nothing here performs the tool's effect.
     pub fn prepare(&self, name: &str, args: Option<Arguments>) -> Result<Prepared, CallError> {
         self.catalog.prepare(name, args)
+    }
+
+    /// Stage 1 for a resource read or a prompt fetch (see [`Catalog::prepare_as`]).
+    pub fn prepare_as(
+        &self,
+        action: Action,
+        name: &str,
+        args: Option<Arguments>,
+    ) -> Result<Prepared, CallError> {
+        self.catalog.prepare_as(action, name, args)
     }
 
     /// Stage 2: the guard decides.

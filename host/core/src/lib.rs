@@ -2,6 +2,7 @@
 //!
 //! * [`tool`]: the Tool API ([`Tool`], [`TypedTool`], [`DynamicTool`], [`ToolSpec`],
 //!   [`Resource`], [`Operation`], outputs and errors);
+//! * [`content`]: resources and prompts, registered beside tools and hosted as pseudo-tools;
 //! * [`door`]: the one way to run a hosted tool: a [`Registry`] sealed into a [`Door`] whose
 //!   stages (the guard, the audit) every call passes, in order, as types;
 //! * [`context`]: what a running tool may do besides its work (progress, logging,
@@ -16,6 +17,7 @@
 //! the layers above supply the guard (capgate-authz) and the audit log (capgate-server).
 
 pub mod canon;
+pub mod content;
 pub mod context;
 pub mod door;
 pub mod error;
@@ -25,8 +27,9 @@ pub mod time;
 pub mod tool;
 pub mod vocab;
 
+pub use content::{PromptSource, Prompts, ResourceSource, Resources};
 pub use context::{CallScope, ContextParts, LogLevel, ToolContext};
-pub use door::{CallError, Catalog, Door, Prepared, Registry, Stages};
+pub use door::{Action, CallError, Catalog, Door, Prepared, Registry, Stages};
 pub use error::Error;
 pub use section::Section;
 pub use tool::{

@@ -102,6 +102,104 @@ pub(crate) fn call(tool: &str, outcome: CallOutcome) -> Result<CallToolResult, M
     }
 }
 
+/// The JSON-RPC code of a refused `resources/read` or `prompts/get` (they have no `isError`
+/// result): the deny body rides in `data`, as in a refused call's structured content.
+pub(crate) const DENIED: ErrorCode = ErrorCode(-32003);
+
+/// The answer to a `resources/read` or a `prompts/get`, whatever became of it. These results
+/// have no `isError` form, so every refusal is a JSON-RPC error: a denial carries the deny
+/// body, capgate's own fault says so (`fault: "server"`), and a provider's failure (an
+/// upstream's error) is told apart from both (`fault: "provider"`).
+pub(crate) fn content<T: serde::de::DeserializeOwned>(
+    what: &str,
+    outcome: CallOutcome,
+) -> Result<T, McpError> {
+    match outcome {
+        CallOutcome::Invalid(CallError::InvalidArguments {
+            message,
+            field,
+            rule,
+            ..
+        }) => Err(McpError::invalid_params(
+            format!("{what}: {message}"),
+            Some(json!({"decision": "invalid", "field": field, "rule": rule})),
+        )),
+        CallOutcome::Invalid(e) => Err(McpError::invalid_params(format!("{what}: {e}"), None)),
+        CallOutcome::Denied(d) if d.fault => Err(McpError::new(
+            ErrorCode::INTERNAL_ERROR,
+            format!("capgate could not decide on {what}: {}", d.message),
+            Some(fault_body(&d.reason, &d.message)),
+        )),
+        CallOutcome::Denied(d) => Err(McpError::new(
+            DENIED,
+            format!("capgate denied {what}: {}", d.message),
+            Some(denial_body(&d)),
+        )),
+        CallOutcome::Ran(Err(ToolError::InvalidArgument { field, message })) => {
+            Err(McpError::invalid_params(
+                format!("{what}: `{field}`: {message}"),
+                Some(json!({"decision": "invalid", "field": field, "rule": "provider"})),
+            ))
+        }
+        CallOutcome::Ran(Err(e)) => Err(McpError::new(
+            ErrorCode::INTERNAL_ERROR,
+            format!("{what} failed: {e}"),
+            Some(json!({"fault": "provider", "message": e.to_string()})),
+        )),
+        CallOutcome::Ran(Ok(out)) => out
+            .structured
+            .ok_or_else(|| "no result".to_owned())
+            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                McpError::new(
+                    ErrorCode::INTERNAL_ERROR,
+                    format!("capgate could not pass on {what}: {e}"),
+                    Some(fault_body("bad_result", &e)),
+                )
+            }),
+    }
+}
+
+/// A `resources/read` or `prompts/get` whose credential cannot be used.
+pub(crate) fn credential_error(e: &CredentialError) -> McpError {
+    let r = credential(e);
+    let data = r
+        .structured_content
+        .and_then(|mut v| v.get_mut("capgate").map(Value::take));
+    let fault = data.as_ref().and_then(|d| d.get("fault")).is_some();
+    let text = r
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    McpError::new(
+        if fault {
+            ErrorCode::INTERNAL_ERROR
+        } else {
+            DENIED
+        },
+        text,
+        data,
+    )
+}
+
+/// No source serves this URI (`-32002`, the code the MCP spec gives a missing resource).
+pub(crate) fn no_resource(uri: &str) -> McpError {
+    McpError::resource_not_found(
+        format!("no hosted resource `{uri}`; resources/list shows what this token can read"),
+        Some(json!({"uri": uri})),
+    )
+}
+
+/// No source hosts a prompt by this name.
+pub(crate) fn no_prompt(name: &str) -> McpError {
+    McpError::invalid_params(
+        format!("unknown prompt `{name}`; prompts/list shows what this token can fetch"),
+        Some(json!({"prompt": name})),
+    )
+}
+
 /// Arguments refused before (or by) the tool: a tool execution error naming field and rule.
 fn invalid_arguments(tool: &str, field: &str, rule: &str, message: &str) -> CallToolResult {
     error_result(

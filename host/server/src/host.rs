@@ -16,7 +16,7 @@ use capgate_authz::{
     AnomalyRules, CallEnv, CredentialError, Denial, Guard, GuardSettings, Issuer, IssuerSettings,
     Policy, PolicyKind, RootKey, Transport, Verifier,
 };
-use capgate_core::door::{CallError, Catalog, Door, Registry};
+use capgate_core::door::{Action, CallError, Catalog, Door, Registry};
 use capgate_core::task::{EndReason, TaskRecord};
 use capgate_core::{Arguments, Tool, ToolError, ToolOutput};
 
@@ -446,6 +446,7 @@ impl Host {
             rpc_id: None,
         };
         let call = CallRequest {
+            action: Action::Call,
             name: tool.to_owned(),
             args: Some(args),
             request_id: "in-process".into(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use capgate_authz::{CallEnv, Channel, Denial, Grant, Guard, Issuer, Transport, VerifiedToken};
 use capgate_core::context::{CallScope, ContextParts, LogLevel, NestedFuture};
-use capgate_core::door::{CallError, Door, Prepared, Stages};
+use capgate_core::door::{Action, CallError, Door, Prepared, Stages};
 use capgate_core::{Arguments, Resource, ToolContext, ToolError, ToolOutput};
 use rmcp::Peer;
 use rmcp::model::ProgressToken;
@@ -145,6 +145,8 @@ impl Pipeline {
 
 /// One tools/call as the pipeline sees it.
 pub(crate) struct CallRequest {
+    /// A tool call, a resource read or a prompt fetch (the last two name a pseudo-tool).
+    pub(crate) action: Action,
     pub(crate) name: String,
     pub(crate) args: Option<Arguments>,
     pub(crate) request_id: String,
@@ -209,7 +211,7 @@ pub(crate) async fn run_call(
         .as_deref()
         .or(Some(call.request_id.as_str()));
     async {
-        let prepared = match door.prepare(&call.name, call.args) {
+        let prepared = match door.prepare_as(call.action, &call.name, call.args) {
             Ok(p) => p,
             Err(e) => {
                 telemetry.call_invalid(
@@ -322,6 +324,7 @@ impl CallScope for Scope {
                 )));
             }
             let call = CallRequest {
+                action: Action::Call,
                 name: name.to_owned(),
                 args: Some(args),
                 request_id: format!("nested:{caller}"),
