@@ -829,3 +829,252 @@ operation = "read"
     drop(client);
     server.stop();
 }
+
+/// What reached the upstream besides tool calls: resource reads and prompt fetches.
+fn content_requests(log: &Path) -> Vec<Value> {
+    upstream_log(log)
+        .into_iter()
+        .filter(|v| v.get("resource").is_some() || v.get("prompt").is_some())
+        .collect()
+}
+
+/// An upstream's resources and prompts are guarded like its tools: authorized as the
+/// pseudo-tools `notes__resources` (on the URI) and `notes__prompts` (on `prompt:<name>`),
+/// listed only as far as the task could read them, and a refused read or fetch never reaches
+/// the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_resources_and_prompts_answer_only_what_the_task_grants() {
+    use rmcp::model::{GetPromptRequestParams, ReadResourceRequestParams, ResourceContents};
+
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("upstream.log");
+    let cg = Capgate::with_config(&stdio_upstream(&log, ""));
+    // The CLI knows the pseudo-tools from the config alone.
+    let agent = cg.mint(
+        "agent-1",
+        "acme",
+        &["notes__resources", "notes__prompts", "notes__read_note"],
+        &[],
+    );
+    let (task_id, task) = cg.task(
+        &agent,
+        &["notes__resources", "notes__prompts"],
+        &[
+            "notes__resources=notes://acme/",
+            "notes__prompts=prompt:summarize",
+        ],
+    );
+    let server = cg.serve_http_with(&[], &[]);
+    let client = server.client(&task).await;
+
+    // Lists show only what the task could read; the pseudo-tools are not tools.
+    let listed: Vec<String> = client
+        .list_all_resources()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(listed, vec!["notes://acme/readme".to_owned()], "{listed:?}");
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert!(
+        templates.is_empty(),
+        "no grant covers `notes://{{tenant}}/`: {templates:?}"
+    );
+    let prompts: Vec<String> = client
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(prompts, vec!["notes__summarize".to_owned()], "{prompts:?}");
+    let names = tool_names(&client).await;
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with("__resources") || n.ends_with("__prompts")),
+        "{names:?}"
+    );
+
+    // Granted: the upstream's answer.
+    let read = client
+        .read_resource(ReadResourceRequestParams::new("notes://acme/readme"))
+        .await
+        .expect("a granted read");
+    let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+        panic!("{read:?}")
+    };
+    assert_eq!(text, "acme resource text");
+    let mut params = GetPromptRequestParams::new("notes__summarize");
+    params.arguments = Some(args(json!({"topic": "the roadmap"})));
+    let got = client.get_prompt(params).await.expect("a granted prompt");
+    assert!(format!("{got:?}").contains("the roadmap"), "{got:?}");
+    assert_eq!(content_requests(&log).len(), 2, "{:?}", upstream_log(&log));
+
+    // Refused, and never sent: another tenant's resource, a template instance outside the
+    // grant, a dot-segment walk out of the granted prefix, an ungranted prompt.
+    for uri in [
+        "notes://globex/plan",
+        "notes://globex/ticket/7",
+        "notes://acme/../globex/plan",
+        "notes://acme/%2e%2e/globex/plan",
+    ] {
+        let e = client
+            .read_resource(ReadResourceRequestParams::new(uri))
+            .await
+            .expect_err(uri);
+        let said = format!("{e:?}");
+        assert!(!said.contains("globex plan text"), "{said}");
+    }
+    let e = client
+        .get_prompt(GetPromptRequestParams::new("notes__exfiltrate"))
+        .await
+        .expect_err("an ungranted prompt");
+    assert!(format!("{e:?}").contains("prompt:exfiltrate"), "{e:?}");
+    // A tools/call cannot reach a pseudo-tool around resources/read.
+    let r = call(
+        &client,
+        "notes__resources",
+        json!({"uri": "notes://globex/plan"}),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        content_requests(&log).len(),
+        2,
+        "only the granted read and fetch reached the upstream: {:?}",
+        upstream_log(&log)
+    );
+
+    // Every decision is audited under the pseudo-tool, with the URI or prompt as resource.
+    let audited = cg.audited_calls(&task_id);
+    let on = |tool: &str, resource: &str, decision: &str| {
+        audited
+            .iter()
+            .any(|l| l["tool"] == tool && l["resource"] == resource && l["decision"] == decision)
+    };
+    assert!(
+        on("notes__resources", "notes://acme/readme", "allow"),
+        "{audited:#?}"
+    );
+    assert!(
+        on("notes__resources", "notes://globex/plan", "deny"),
+        "{audited:#?}"
+    );
+    assert!(
+        on("notes__prompts", "prompt:summarize", "allow"),
+        "{audited:#?}"
+    );
+    assert!(
+        on("notes__prompts", "prompt:exfiltrate", "deny"),
+        "{audited:#?}"
+    );
+    drop(client);
+    server.stop();
+}
+
+/// The npm everything server over streamable HTTP: its declared tool, one folder of its
+/// resources and one of its prompts, each granted separately and refused past the grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_npm_everything_server_over_http_serves_tools_resources_and_prompts() {
+    use rmcp::model::{GetPromptRequestParams, ReadResourceRequestParams};
+
+    let entry = npm_server("server-everything");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("node")
+        .arg(&entry)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _upstream = HttpUpstream {
+        child,
+        url: String::new(),
+    };
+    wait_until(
+        "the everything server to listen",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let cg = Capgate::with_config(&format!(
+        r#"
+[[upstream]]
+name = "every"
+url = "http://127.0.0.1:{port}/mcp"
+
+[upstream.tools.echo]
+operation = "read"
+"#
+    ));
+    let agent = cg.mint(
+        "agent-1",
+        "acme",
+        &["every__echo", "every__resources", "every__prompts"],
+        &[],
+    );
+    let (_, task) = cg.task(
+        &agent,
+        &["every__echo", "every__resources", "every__prompts"],
+        &[
+            "every__resources=demo://resource/static/document/",
+            "every__prompts=prompt:simple-prompt",
+        ],
+    );
+    let server = cg.serve_http_with(&[], &[]);
+    let client = server.client(&task).await;
+
+    let r = call_ok(&client, "every__echo", json!({"message": "over http"})).await;
+    assert!(text(&r).contains("over http"), "{r:?}");
+
+    let listed = client.list_all_resources().await.unwrap();
+    assert!(!listed.is_empty(), "the granted documents are listed");
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.uri.starts_with("demo://resource/static/document/")),
+        "{listed:?}"
+    );
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(listed[0].uri.clone()))
+        .await
+        .expect("a granted read");
+    assert!(!read.contents.is_empty(), "{read:?}");
+    let e = client
+        .read_resource(ReadResourceRequestParams::new(
+            "demo://resource/dynamic/text/1",
+        ))
+        .await
+        .expect_err("a template instance outside the grant");
+    assert_eq!(rpc_code(&e), -32003, "{e:?}");
+
+    let prompts: Vec<String> = client
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(
+        prompts,
+        vec!["every__simple-prompt".to_owned()],
+        "{prompts:?}"
+    );
+    let got = client
+        .get_prompt(GetPromptRequestParams::new("every__simple-prompt"))
+        .await
+        .expect("a granted prompt");
+    assert!(!got.messages.is_empty(), "{got:?}");
+    client
+        .get_prompt(GetPromptRequestParams::new("every__args-prompt"))
+        .await
+        .expect_err("an ungranted prompt");
+    drop(client);
+    server.stop();
+}

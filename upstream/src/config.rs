@@ -18,6 +18,10 @@ use crate::error::Error;
 
 /// The separator between an upstream's name and its tool's: `notes__read_note`.
 pub const SEPARATOR: &str = "__";
+/// The suffix of an upstream's resources pseudo-tool (`<upstream>__resources`).
+pub(crate) const RESOURCES: &str = "resources";
+/// The suffix of an upstream's prompts pseudo-tool (`<upstream>__prompts`).
+pub(crate) const PROMPTS: &str = "prompts";
 
 /// One upstream MCP server.
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +168,11 @@ impl UpstreamConfig {
         format!("{}{SEPARATOR}{tool}", self.name)
     }
 
+    /// The pseudo-tool its resources (`RESOURCES`) or prompts (`PROMPTS`) are granted by.
+    pub fn pseudo(&self, what: &str) -> String {
+        self.hosted_name(what)
+    }
+
     /// Whether this is a child process (else an HTTP upstream).
     pub fn is_stdio(&self) -> bool {
         self.command.is_some()
@@ -270,6 +279,17 @@ impl Section for UpstreamConfig {
                 Err(e) => problems.push(("url".to_owned(), format!("`{u}`: {e}"))),
             },
             _ => {}
+        }
+        for pseudo in [RESOURCES, PROMPTS] {
+            if self.tools.contains_key(pseudo) {
+                problems.push((
+                    format!("tools.{pseudo}"),
+                    format!(
+                        "`{}` is the pseudo-tool the upstream's {pseudo} are granted by; it cannot host a tool",
+                        self.pseudo(pseudo)
+                    ),
+                ));
+            }
         }
         if self.url.is_some() {
             if !self.env.is_empty() || !self.args.is_empty() || self.cwd.is_some() {
@@ -403,6 +423,15 @@ command = "x""#
             ["name"]
         );
         assert_eq!(keys(r#"name = "n""#), ["command"]);
+        assert_eq!(
+            keys(
+                r#"name = "n"
+command = "x"
+[tools.resources]
+operation = "read""#
+            ),
+            ["tools.resources"]
+        );
         assert_eq!(
             keys(
                 r#"name = "n"

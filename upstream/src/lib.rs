@@ -12,6 +12,7 @@
 //! [`Tool::call`]: capgate_core::Tool::call
 
 mod config;
+mod content;
 mod error;
 mod link;
 mod pins;
@@ -28,6 +29,8 @@ pub use error::Error;
 pub use link::LinkState;
 pub use pins::{Definition, PinBook, PinError};
 
+use config::{PROMPTS, RESOURCES};
+use content::{UpstreamPrompts, UpstreamResources};
 use link::Link;
 use resource::Derive;
 use tool::{UpstreamTool, permissive_schema, stricter};
@@ -149,6 +152,25 @@ impl Gateway {
         let mut notes = Vec::new();
         for link in &self.links {
             let config = &link.config;
+            // The pseudo-tools first: a tool the upstream happens to call `resources` cannot
+            // take the name its resources are granted by.
+            let wrap = |source| Error::Register {
+                upstream: config.name.clone(),
+                source,
+            };
+            registry
+                .register_resources(
+                    &config.pseudo(RESOURCES),
+                    UpstreamResources(Arc::clone(link)),
+                )
+                .map_err(wrap)?;
+            registry
+                .register_prompts(
+                    &config.pseudo(PROMPTS),
+                    Some(&config.name),
+                    UpstreamPrompts(Arc::clone(link)),
+                )
+                .map_err(wrap)?;
             let listed = link.listed();
             let (base, mode) = if config.is_stdio() {
                 (config.base().to_path_buf(), PathMode::Host)
@@ -180,6 +202,13 @@ impl Gateway {
                         continue;
                     }
                     let name = config.hosted_name(&def.name);
+                    if [RESOURCES, PROMPTS].contains(&def.name.as_ref()) {
+                        notes.push(format!(
+                            "upstream `{}`: tool `{}` skipped: `{name}` is the name its {} are granted by",
+                            config.name, def.name, def.name
+                        ));
+                        continue;
+                    }
                     if !capgate_core::door::valid_tool_name(&name) {
                         notes.push(format!(
                             "upstream `{}`: tool `{}` skipped: `{name}` is not a valid tool name",

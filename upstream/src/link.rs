@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Expose, UpstreamConfig};
+use crate::content::{Contents, MAX_LISTED};
 use crate::error::Error;
 use crate::pins::{Definition, PinBook, Verdict};
 
@@ -76,7 +77,9 @@ pub(crate) struct Link {
     /// latest listing. Written before the link turns `Up`, so a call never runs on a listing
     /// that was not judged.
     verdicts: Mutex<HashMap<String, Verdict>>,
-    /// Rung by the upstream's `notifications/tools/list_changed`.
+    /// The resources, templates and prompts it listed at its latest connection.
+    pub(crate) contents: Mutex<Contents>,
+    /// Rung by the upstream's `notifications/{tools,resources,prompts}/list_changed`.
     relist: tokio::sync::Notify,
     shutdown: CancellationToken,
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -91,6 +94,7 @@ impl Link {
             listed: Mutex::new(None),
             pins: std::sync::OnceLock::new(),
             verdicts: Mutex::new(HashMap::new()),
+            contents: Mutex::new(Contents::default()),
             relist: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             supervisor: Mutex::new(None),
@@ -203,6 +207,56 @@ impl Link {
             }
             Err(_) => {
                 tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "tools/list did not answer")
+            }
+        }
+        self.list_contents(peer).await;
+    }
+
+    /// Lists the upstream's resources, templates and prompts, as far as it offers them; what
+    /// fails to list keeps its previous listing.
+    async fn list_contents(&self, peer: &Peer<RoleClient>) {
+        let caps = peer.peer_info().map(|i| i.capabilities.clone());
+        let (resources, prompts) = caps
+            .map(|c| (c.resources.is_some(), c.prompts.is_some()))
+            .unwrap_or_default();
+        let bounded = |what: &str, n: usize| {
+            if n > MAX_LISTED {
+                tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "lists {n} {what}; capgate keeps the first {MAX_LISTED}");
+            }
+        };
+        let name = self.name();
+        let warn = |what: &str, e: String| {
+            tracing::warn!(target: "capgate::upstream", upstream = %name, "{what} failed: {e}");
+        };
+        if resources {
+            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_resources()).await {
+                Ok(Ok(mut r)) => {
+                    bounded("resources", r.len());
+                    r.truncate(MAX_LISTED);
+                    lock(&self.contents).resources = r;
+                }
+                Ok(Err(e)) => warn("resources/list", e.to_string()),
+                Err(_) => warn("resources/list", "no answer".into()),
+            }
+            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_resource_templates()).await {
+                Ok(Ok(mut t)) => {
+                    bounded("resource templates", t.len());
+                    t.truncate(MAX_LISTED);
+                    lock(&self.contents).templates = t;
+                }
+                Ok(Err(e)) => warn("resources/templates/list", e.to_string()),
+                Err(_) => warn("resources/templates/list", "no answer".into()),
+            }
+        }
+        if prompts {
+            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_prompts()).await {
+                Ok(Ok(mut p)) => {
+                    bounded("prompts", p.len());
+                    p.truncate(MAX_LISTED);
+                    lock(&self.contents).prompts = p;
+                }
+                Ok(Err(e)) => warn("prompts/list", e.to_string()),
+                Err(_) => warn("prompts/list", "no answer".into()),
             }
         }
     }
@@ -529,6 +583,18 @@ impl ClientHandler for Handler {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         // The supervisor lists again and judges the new definitions against their pins; the
         // tools hosted stay those registered at start.
+        if let Some(link) = self.link.upgrade() {
+            link.relist.notify_one();
+        }
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        if let Some(link) = self.link.upgrade() {
+            link.relist.notify_one();
+        }
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
         if let Some(link) = self.link.upgrade() {
             link.relist.notify_one();
         }

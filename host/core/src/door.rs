@@ -252,6 +252,12 @@ impl Catalog {
         self.tools.get(name).map(|e| e.kind.action())
     }
 
+    /// Whether any entry answers `action` (a host without resource sources does not offer
+    /// `resources`).
+    pub fn offers(&self, action: Action) -> bool {
+        self.tools.values().any(|e| e.kind.action() == action)
+    }
+
     /// The resource sources, by pseudo-tool name: native `resources` first, then the others in
     /// name order. A URI two sources claim is read from the first.
     pub fn resource_sources(&self) -> impl Iterator<Item = (&str, &dyn ResourceSource)> {
@@ -739,5 +745,66 @@ mod tests {
             |_a, _r, _c| async move { Ok(ToolOutput::text("")) },
         );
         assert!(reg.register(bad).is_err());
+    }
+
+    #[test]
+    fn pseudo_tools_answer_their_own_action_only() {
+        use crate::content::{Prompts, Resources};
+        use rmcp::model::{Prompt, ReadResourceResult, Resource as McpResource};
+        let mut reg = Registry::new();
+        reg.register(echo()).unwrap();
+        reg.register_resources(
+            "resources",
+            Resources::new().resource(McpResource::new("t://a", "a"), |_, _| {
+                Ok(ReadResourceResult::new(Vec::new()))
+            }),
+        )
+        .unwrap();
+        reg.register_prompts(
+            "up__prompts",
+            Some("up"),
+            Prompts::new().prompt(Prompt::new("p", Some("d"), None), |_| {
+                Err(ToolError::failed("unused"))
+            }),
+        )
+        .unwrap();
+        // A second source under a taken name is refused.
+        assert!(
+            reg.register_resources("resources", Resources::new())
+                .is_err()
+        );
+        let c = reg.catalog();
+        let uri = |u: &str| {
+            let mut m = Arguments::new();
+            m.insert("uri".into(), json!(u));
+            Some(m)
+        };
+        // tools/call cannot reach a pseudo-tool, nor resources/read a tool.
+        assert!(matches!(
+            c.prepare("resources", uri("t://a")),
+            Err(CallError::UnknownTool { .. })
+        ));
+        assert!(matches!(
+            c.prepare_as(Action::Read, "echo", None),
+            Err(CallError::UnknownTool { .. })
+        ));
+        let p = c
+            .prepare_as(Action::Read, "resources", uri("t://a"))
+            .unwrap();
+        assert_eq!(p.resource().as_str(), "t://a");
+        assert!(matches!(
+            c.prepare_as(Action::Read, "resources", uri("t://a/../b")),
+            Err(CallError::InvalidArguments { .. })
+        ));
+        assert_eq!(c.resource_owner("t://a"), Some("resources"));
+        assert_eq!(c.resource_owner("t://b"), None);
+        assert_eq!(
+            c.prompt_owner("up__p"),
+            Some(("up__prompts", "p".to_owned()))
+        );
+        assert_eq!(c.prompt_owner("p"), None);
+        assert_eq!(c.prompt_owner("up__q"), None);
+        assert!(c.offers(Action::Read) && c.offers(Action::Prompt));
+        assert_eq!(c.action_of("echo"), Some(Action::Call));
     }
 }

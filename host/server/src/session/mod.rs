@@ -202,20 +202,30 @@ fn one(key: &str, value: impl Into<Value>) -> Arguments {
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
-        InitializeResult::new(
-            ServerCapabilities::builder()
-                .enable_logging()
-                .enable_tools()
-                .enable_resources()
-                .enable_prompts()
-                .enable_completions()
-                .build(),
-        )
-        .with_server_info(Implementation::new("capgate", env!("CARGO_PKG_VERSION")))
-        .with_instructions(
-            "capgate hosts tools behind per-task capabilities. Declare a task with task_begin \
+        // Resources, prompts and completion are offered when something is registered to
+        // serve them (natively, or an upstream's pseudo-tools).
+        let catalog = self.state.host.door().catalog();
+        let mut caps = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_tools()
+            .build();
+        let reads = catalog.offers(Action::Read);
+        let prompts = catalog.offers(Action::Prompt);
+        if reads {
+            caps.resources = Some(Default::default());
+        }
+        if prompts {
+            caps.prompts = Some(Default::default());
+        }
+        if reads || prompts {
+            caps.completions = Some(Default::default());
+        }
+        InitializeResult::new(caps)
+            .with_server_info(Implementation::new("capgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "capgate hosts tools behind per-task capabilities. Declare a task with task_begin \
                  (purpose, tools, resources) before calling tools; end it with task_end.",
-        )
+            )
     }
 
     async fn initialize(
