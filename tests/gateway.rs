@@ -110,6 +110,9 @@ operation = "read"
 
 [upstream.tools.broken]
 operation = "read"
+
+[upstream.tools.publish]
+operation = "read"
 "#,
         script = server_script().display().to_string(),
         py = python_path().display().to_string(),
@@ -1075,6 +1078,85 @@ operation = "read"
         .get_prompt(GetPromptRequestParams::new("every__args-prompt"))
         .await
         .expect_err("an ungranted prompt");
+    drop(client);
+    server.stop();
+}
+
+/// A client that counts the `notifications/resources/list_changed` it hears.
+#[derive(Clone, Default)]
+struct Listening(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rmcp::ClientHandler for Listening {
+    async fn on_resource_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An upstream that publishes a resource at run time and says so: capgate lists it again,
+/// tells its own clients, and the new resource is listed and readable within the grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstreams_list_changed_is_followed_and_passed_on() {
+    use rmcp::ServiceExt;
+    use rmcp::model::ReadResourceRequestParams;
+    use std::sync::atomic::Ordering;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("upstream.log");
+    let cg = Capgate::with_config(&stdio_upstream(&log, ""));
+    let agent = cg.mint(
+        "agent-1",
+        "acme",
+        &["notes__resources", "notes__publish"],
+        &[],
+    );
+    let (_, task) = cg.task(
+        &agent,
+        &["notes__resources", "notes__publish"],
+        &["notes__resources=notes://acme/"],
+    );
+    let server = cg.serve_http_with(&[], &[]);
+    let heard = Listening::default();
+    let client = heard
+        .clone()
+        .serve(server.transport(&task))
+        .await
+        .expect("initialize");
+    let uris = |c: &rmcp::service::RunningService<rmcp::RoleClient, Listening>| {
+        let c = c.peer().clone();
+        async move {
+            c.list_all_resources()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.uri)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(uris(&client).await, vec!["notes://acme/readme".to_owned()]);
+
+    let r = call_ok(&client, "notes__publish", json!({})).await;
+    assert!(text(&r).contains("published"), "{r:?}");
+    wait_until(
+        "capgate to pass the list change on",
+        Duration::from_secs(15),
+        || heard.0.load(Ordering::SeqCst) > 0,
+    );
+    let listed = uris(&client).await;
+    assert!(
+        listed.contains(&"notes://acme/new".to_owned()),
+        "{listed:?}"
+    );
+    let read = client
+        .read_resource(ReadResourceRequestParams::new("notes://acme/new"))
+        .await
+        .expect("the new resource is readable within the grant");
+    assert!(
+        format!("{read:?}").contains("freshly published"),
+        "{read:?}"
+    );
     drop(client);
     server.stop();
 }

@@ -158,6 +158,7 @@ impl Gateway {
                 upstream: config.name.clone(),
                 source,
             };
+            let _ = link.changes.set(registry.changes());
             registry
                 .register_resources(
                     &config.pseudo(RESOURCES),

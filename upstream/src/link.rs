@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capgate_core::ToolContext;
+use capgate_core::{List, ToolContext};
 #[allow(deprecated)]
 use rmcp::model::{
     ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
@@ -77,6 +77,9 @@ pub(crate) struct Link {
     /// latest listing. Written before the link turns `Up`, so a call never runs on a listing
     /// that was not judged.
     verdicts: Mutex<HashMap<String, Verdict>>,
+    /// Where a change of what clients would list is rung; set when the link's tools are
+    /// registered.
+    pub(crate) changes: std::sync::OnceLock<capgate_core::Changes>,
     /// The resources, templates and prompts it listed at its latest connection.
     pub(crate) contents: Mutex<Contents>,
     /// Rung by the upstream's `notifications/{tools,resources,prompts}/list_changed`.
@@ -94,6 +97,7 @@ impl Link {
             listed: Mutex::new(None),
             pins: std::sync::OnceLock::new(),
             verdicts: Mutex::new(HashMap::new()),
+            changes: std::sync::OnceLock::new(),
             contents: Mutex::new(Contents::default()),
             relist: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
@@ -156,7 +160,17 @@ impl Link {
             }
             verdicts.insert(t.name.to_string(), verdict);
         }
-        *lock(&self.verdicts) = verdicts;
+        let before = std::mem::replace(&mut *lock(&self.verdicts), verdicts);
+        if before != *lock(&self.verdicts) {
+            self.ring(List::Tools);
+        }
+    }
+
+    /// Tells the host's clients that a list of this upstream's changed.
+    fn ring(&self, list: List) {
+        if let Some(c) = self.changes.get() {
+            c.ring(list);
+        }
     }
 
     /// Reads the pins again for the tools held back (an operator may have pinned them, or the
@@ -179,6 +193,7 @@ impl Link {
             return;
         }
         let pinned = pins.pinned(self.name());
+        let mut changed = false;
         let mut verdicts = lock(&self.verdicts);
         for (tool, v) in verdicts.iter_mut() {
             if let Verdict::Changed { seen, .. } = v {
@@ -190,8 +205,15 @@ impl Link {
                 if matches!(next, Verdict::Pinned { .. }) {
                     tracing::info!(target: "capgate::upstream", upstream = %self.name(), tool = %tool, "its new definition was pinned");
                 }
+                if *v != next {
+                    changed = true;
+                }
                 *v = next;
             }
+        }
+        drop(verdicts);
+        if changed {
+            self.ring(List::Tools);
         }
     }
 
@@ -233,7 +255,12 @@ impl Link {
                 Ok(Ok(mut r)) => {
                     bounded("resources", r.len());
                     r.truncate(MAX_LISTED);
-                    lock(&self.contents).resources = r;
+                    let mut c = lock(&self.contents);
+                    if c.resources != r {
+                        c.resources = r;
+                        drop(c);
+                        self.ring(List::Resources);
+                    }
                 }
                 Ok(Err(e)) => warn("resources/list", e.to_string()),
                 Err(_) => warn("resources/list", "no answer".into()),
@@ -242,7 +269,12 @@ impl Link {
                 Ok(Ok(mut t)) => {
                     bounded("resource templates", t.len());
                     t.truncate(MAX_LISTED);
-                    lock(&self.contents).templates = t;
+                    let mut c = lock(&self.contents);
+                    if c.templates != t {
+                        c.templates = t;
+                        drop(c);
+                        self.ring(List::Resources);
+                    }
                 }
                 Ok(Err(e)) => warn("resources/templates/list", e.to_string()),
                 Err(_) => warn("resources/templates/list", "no answer".into()),
@@ -253,7 +285,12 @@ impl Link {
                 Ok(Ok(mut p)) => {
                     bounded("prompts", p.len());
                     p.truncate(MAX_LISTED);
-                    lock(&self.contents).prompts = p;
+                    let mut c = lock(&self.contents);
+                    if c.prompts != p {
+                        c.prompts = p;
+                        drop(c);
+                        self.ring(List::Prompts);
+                    }
                 }
                 Ok(Err(e)) => warn("prompts/list", e.to_string()),
                 Err(_) => warn("prompts/list", "no answer".into()),

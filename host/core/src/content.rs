@@ -79,6 +79,40 @@ pub trait PromptSource: Send + Sync + 'static {
     ) -> ContentFuture<'a, GetPromptResult>;
 }
 
+/// Which list a provider changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    /// What `tools/list` would show (an upstream tool held back or released).
+    Tools,
+    /// What `resources/list` or `resources/templates/list` would show.
+    Resources,
+    /// What `prompts/list` would show.
+    Prompts,
+}
+
+/// Rung by a provider when one of its lists changed, followed by the host, which tells its
+/// clients (`notifications/*/list_changed`). One per registry: [`crate::Registry::changes`].
+#[derive(Clone)]
+pub struct Changes(Arc<tokio::sync::watch::Sender<[u64; 3]>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes(Arc::new(tokio::sync::watch::channel([0; 3]).0))
+    }
+}
+
+impl Changes {
+    /// Says that `list` changed.
+    pub fn ring(&self, list: List) {
+        self.0.send_modify(|c| c[list as usize] += 1);
+    }
+
+    /// A receiver of the change counters (tools, resources, prompts), each bumped per change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<[u64; 3]> {
+        self.0.subscribe()
+    }
+}
+
 /// Checks that `uri` is in the normal form the guard compares prefixes against.
 pub fn check_uri(uri: &str) -> Result<(), ToolError> {
     let refuse = |why: &str| Err(ToolError::invalid("uri", format!("`{uri}`: {why}")));

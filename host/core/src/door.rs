@@ -55,7 +55,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::content::{PromptSource, PromptsTool, ResourceSource, ResourcesTool};
+use crate::content::{Changes, PromptSource, PromptsTool, ResourceSource, ResourcesTool};
 use crate::context::ToolContext;
 use crate::error::Error;
 use crate::tool::{
@@ -226,6 +226,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Where a provider whose lists change at run time (an upstream) says so; the host tells
+    /// its clients.
+    pub fn changes(&self) -> Changes {
+        self.catalog.changes.clone()
+    }
+
     /// What is registered so far, described.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -237,6 +243,7 @@ impl Registry {
 #[derive(Default)]
 pub struct Catalog {
     tools: BTreeMap<String, Entry>,
+    changes: Changes,
 }
 
 impl Catalog {
@@ -250,6 +257,11 @@ impl Catalog {
     /// for a pseudo-tool. `tools/list` shows only the first.
     pub fn action_of(&self, name: &str) -> Option<Action> {
         self.tools.get(name).map(|e| e.kind.action())
+    }
+
+    /// The changes providers ring (see [`Registry::changes`]).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// Whether any entry answers `action` (a host without resource sources does not offer

@@ -27,7 +27,7 @@ pub mod time;
 pub mod tool;
 pub mod vocab;
 
-pub use content::{PromptSource, Prompts, ResourceSource, Resources};
+pub use content::{Changes, List, PromptSource, Prompts, ResourceSource, Resources};
 pub use context::{CallScope, ContextParts, LogLevel, ToolContext};
 pub use door::{Action, CallError, Catalog, Door, Prepared, Registry, Stages};
 pub use error::Error;

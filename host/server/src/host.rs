@@ -236,6 +236,7 @@ impl HostBuilder {
                 approvals: Default::default(),
                 workloads,
                 proofs: Default::default(),
+                listeners: Default::default(),
             }),
         })
     }

@@ -1,8 +1,8 @@
 //! What every connection of a running host shares: the config, the verifier, the issuer and the
 //! call pipeline (door, telemetry, ledger).
 //!
-//! Invariant: built once by [`HostBuilder`](crate::HostBuilder) and never changed; sessions hold
-//! it behind an `Arc`.
+//! Invariant: built once by [`HostBuilder`](crate::HostBuilder) and never changed (but for the
+//! clients that join `listeners`); sessions hold it behind an `Arc`.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::identity::dpop::Proofs;
 use crate::ledger::TaskLedger;
 use crate::pipeline::{HostDoor, Pipeline};
 use crate::session::approvals::PendingApprovals;
+use crate::session::listeners::Listeners;
 use crate::telemetry::Telemetry;
 
 /// Shared state of a running host.
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) workloads: Workloads,
     /// DPoP proofs seen.
     pub(crate) proofs: Proofs,
+    /// The connected clients, told when a provider's lists change.
+    pub(crate) listeners: Arc<Listeners>,
 }
 
 impl Shared {

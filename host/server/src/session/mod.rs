@@ -16,6 +16,7 @@
 pub(crate) mod approvals;
 mod credential;
 mod in_band;
+pub(crate) mod listeners;
 mod state;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,9 +32,10 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo,
     GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
     InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Reference, ServerCapabilities, ServerConfig,
-    SetLevelRequestParams, Tool as McpTool, ToolAnnotations,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, PromptsCapability,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
+    ResourcesCapability, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool as McpTool,
+    ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler};
@@ -211,11 +213,20 @@ impl ServerHandler for Session {
             .build();
         let reads = catalog.offers(Action::Read);
         let prompts = catalog.offers(Action::Prompt);
+        // list_changed is sent when an upstream's lists change (session/listeners.rs).
+        caps.tools = caps.tools.map(|mut t| {
+            t.list_changed = Some(true);
+            t
+        });
         if reads {
-            caps.resources = Some(Default::default());
+            let mut r = ResourcesCapability::default();
+            r.list_changed = Some(true);
+            caps.resources = Some(r);
         }
         if prompts {
-            caps.prompts = Some(Default::default());
+            let mut p = PromptsCapability::default();
+            p.list_changed = Some(true);
+            caps.prompts = Some(p);
         }
         if reads || prompts {
             caps.completions = Some(Default::default());
@@ -234,7 +245,13 @@ impl ServerHandler for Session {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, McpError> {
         context.peer.set_peer_info(request.clone());
-        self.negotiate_initialize(&request)
+        let answer = self.negotiate_initialize(&request)?;
+        // A client of a live session hears when a provider's lists change.
+        self.state.host.listeners.join(
+            context.peer.clone(),
+            self.state.host.door().catalog().changes(),
+        );
+        Ok(answer)
     }
 
     async fn set_level(
