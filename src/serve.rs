@@ -67,11 +67,13 @@ async fn run(
 
     // Upstreams start before the registry is built, so that it holds the tools they list.
     let gateway = crate::gateway(&config)?;
+    // One task store for the host and the pins (one PostgreSQL pool and watcher, not two).
+    let mut store = None;
     if !gateway.is_empty() {
         // Pins live in the task store, which every replica and the CLI share.
-        let pins = std::sync::Arc::new(crate::upstream_cmd::StorePins(
-            capgate_server::store::open(&config)?,
-        ));
+        let opened = capgate_server::store::open(&config)?;
+        store = Some(std::sync::Arc::clone(&opened));
+        let pins = std::sync::Arc::new(crate::upstream_cmd::StorePins(opened));
         gateway.start(pins).await?;
         for up in gateway.status() {
             eprintln!(
@@ -91,6 +93,9 @@ async fn run(
         eprintln!("capgate: warning: {note}");
     }
     let mut builder = HostBuilder::new(config).providers(providers);
+    if let Some(store) = store {
+        builder = builder.store(store);
+    }
     *builder.registry_mut() = registry;
     let host = builder.build()?;
     for note in host.notes() {
