@@ -975,6 +975,29 @@ async fn upstream_resources_and_prompts_answer_only_what_the_task_grants() {
     );
     drop(client);
     server.stop();
+
+    // The same over stdio: capgate as the client's child, the upstream as capgate's.
+    let stdio = cg.stdio_client(Some(&task)).await;
+    let read = stdio
+        .read_resource(ReadResourceRequestParams::new("notes://acme/readme"))
+        .await
+        .expect("a granted read over stdio");
+    assert!(
+        format!("{read:?}").contains("acme resource text"),
+        "{read:?}"
+    );
+    let before = content_requests(&log).len();
+    let e = stdio
+        .read_resource(ReadResourceRequestParams::new("notes://globex/plan"))
+        .await
+        .expect_err("another tenant's resource over stdio");
+    assert_eq!(rpc_code(&e), -32003, "{e:?}");
+    assert_eq!(
+        content_requests(&log).len(),
+        before,
+        "the refused read was never sent"
+    );
+    drop(stdio);
 }
 
 /// The npm everything server over streamable HTTP: its declared tool, one folder of its
