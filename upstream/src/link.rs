@@ -26,7 +26,7 @@ use capgate_core::{List, ToolContext};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult,
     ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult,
-    ProgressNotificationParam, ProgressToken,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
 };
 use rmcp::service::{NotificationContext, RequestContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -47,6 +47,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a connection must last for the next restart to wait only [`FIRST_BACKOFF`].
 const STABLE: Duration = Duration::from_secs(10);
+/// The least time between two listings an upstream's `list_changed` asks for.
+const RELIST_MIN: Duration = Duration::from_secs(1);
 /// How often a held-back tool's pin is read again (an operator may have pinned it).
 const PIN_POLL: Duration = Duration::from_secs(1);
 
@@ -241,60 +243,60 @@ impl Link {
         let (resources, prompts) = caps
             .map(|c| (c.resources.is_some(), c.prompts.is_some()))
             .unwrap_or_default();
-        let bounded = |what: &str, n: usize| {
-            if n > MAX_LISTED {
-                tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "lists {n} {what}; capgate keeps the first {MAX_LISTED}");
-            }
-        };
         let name = self.name();
         let warn = |what: &str, e: String| {
             tracing::warn!(target: "capgate::upstream", upstream = %name, "{what} failed: {e}");
         };
+        let page = |c: Option<String>| Some(PaginatedRequestParams::default().with_cursor(c));
         if resources {
-            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_resources()).await {
-                Ok(Ok(mut r)) => {
-                    bounded("resources", r.len());
-                    r.truncate(MAX_LISTED);
-                    let mut c = lock(&self.contents);
-                    if c.resources != r {
-                        c.resources = r;
-                        drop(c);
-                        self.ring(List::Resources);
-                    }
-                }
-                Ok(Err(e)) => warn("resources/list", e.to_string()),
-                Err(_) => warn("resources/list", "no answer".into()),
+            let got = paged(self, "resources", |c| async move {
+                peer.list_resources(page(c))
+                    .await
+                    .map(|r| (r.resources, r.next_cursor))
+            })
+            .await;
+            match got {
+                Ok(r) => self.replace(|c| &mut c.resources, r, List::Resources),
+                Err(e) => warn("resources/list", e),
             }
-            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_resource_templates()).await {
-                Ok(Ok(mut t)) => {
-                    bounded("resource templates", t.len());
-                    t.truncate(MAX_LISTED);
-                    let mut c = lock(&self.contents);
-                    if c.templates != t {
-                        c.templates = t;
-                        drop(c);
-                        self.ring(List::Resources);
-                    }
-                }
-                Ok(Err(e)) => warn("resources/templates/list", e.to_string()),
-                Err(_) => warn("resources/templates/list", "no answer".into()),
+            let got = paged(self, "resource templates", |c| async move {
+                peer.list_resource_templates(page(c))
+                    .await
+                    .map(|r| (r.resource_templates, r.next_cursor))
+            })
+            .await;
+            match got {
+                Ok(t) => self.replace(|c| &mut c.templates, t, List::Resources),
+                Err(e) => warn("resources/templates/list", e),
             }
         }
         if prompts {
-            match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_prompts()).await {
-                Ok(Ok(mut p)) => {
-                    bounded("prompts", p.len());
-                    p.truncate(MAX_LISTED);
-                    let mut c = lock(&self.contents);
-                    if c.prompts != p {
-                        c.prompts = p;
-                        drop(c);
-                        self.ring(List::Prompts);
-                    }
-                }
-                Ok(Err(e)) => warn("prompts/list", e.to_string()),
-                Err(_) => warn("prompts/list", "no answer".into()),
+            let got = paged(self, "prompts", |c| async move {
+                peer.list_prompts(page(c))
+                    .await
+                    .map(|r| (r.prompts, r.next_cursor))
+            })
+            .await;
+            match got {
+                Ok(p) => self.replace(|c| &mut c.prompts, p, List::Prompts),
+                Err(e) => warn("prompts/list", e),
             }
+        }
+    }
+
+    /// Keeps a new listing, ringing `list` when it differs from the one it replaces.
+    fn replace<T: PartialEq>(
+        &self,
+        field: impl FnOnce(&mut Contents) -> &mut Vec<T>,
+        items: Vec<T>,
+        list: List,
+    ) {
+        let mut c = lock(&self.contents);
+        let slot = field(&mut c);
+        if *slot != items {
+            *slot = items;
+            drop(c);
+            self.ring(list);
         }
     }
 
@@ -389,13 +391,27 @@ impl Link {
                     let ct = running.cancellation_token();
                     let mut done = Box::pin(running.waiting());
                     let mut poll = tokio::time::interval(PIN_POLL);
+                    let mut last_relist = since;
                     let quit = loop {
                         tokio::select! {
                             quit = &mut done => break Some(quit),
                             _ = self.shutdown.cancelled() => break None,
                             _ = self.relist.notified() => {
-                                tracing::info!(target: "capgate::upstream", upstream = %self.name(), "the upstream's tool list changed; listing it again");
-                                self.list(&peer).await;
+                                // At most one listing per RELIST_MIN: an upstream that sends
+                                // list_changed in a loop gets one listing a second, coalesced.
+                                let wait = RELIST_MIN.saturating_sub(last_relist.elapsed());
+                                if !wait.is_zero() {
+                                    tokio::select! {
+                                        _ = tokio::time::sleep(wait) => {}
+                                        _ = self.shutdown.cancelled() => break None,
+                                    }
+                                }
+                                tracing::info!(target: "capgate::upstream", upstream = %self.name(), "the upstream's lists changed; listing them again");
+                                tokio::select! {
+                                    _ = self.list(&peer) => {}
+                                    _ = self.shutdown.cancelled() => break None,
+                                }
+                                last_relist = std::time::Instant::now();
                             }
                             _ = poll.tick() => self.recheck(),
                         }
@@ -540,6 +556,42 @@ impl Link {
         }
         Ok(proc)
     }
+}
+
+/// Most pages capgate asks for in one listing of resources, templates or prompts.
+const MAX_PAGES: usize = 50;
+
+/// Follows `next_cursor` until the listing ends, [`MAX_LISTED`] items or [`MAX_PAGES`] pages
+/// are reached, or [`CONNECT_TIMEOUT`] passes: an upstream cannot make a listing grow without
+/// bound or last forever.
+async fn paged<T, F, Fut>(link: &Link, what: &str, mut next: F) -> Result<Vec<T>, String>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut:
+        std::future::Future<Output = Result<(Vec<T>, Option<String>), rmcp::service::ServiceError>>,
+{
+    let walk = async {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        for _ in 0..MAX_PAGES {
+            let (items, next_cursor) = next(cursor.take()).await.map_err(|e| e.to_string())?;
+            out.extend(items);
+            if out.len() > MAX_LISTED {
+                tracing::warn!(target: "capgate::upstream", upstream = %link.name(), "lists more than {MAX_LISTED} {what}; capgate keeps the first {MAX_LISTED}");
+                out.truncate(MAX_LISTED);
+                return Ok(out);
+            }
+            match next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+        tracing::warn!(target: "capgate::upstream", upstream = %link.name(), "lists {what} over more than {MAX_PAGES} pages; capgate keeps what the first {MAX_PAGES} held");
+        Ok(out)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, walk)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -136,16 +136,36 @@ pub fn check_uri(uri: &str) -> Result<(), ToolError> {
     if uri.chars().any(|c| c.is_control() || c == '\\') {
         return refuse("control characters and backslashes are refused");
     }
-    let lower = rest.to_ascii_lowercase();
-    if lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return refuse("encoded dots, slashes and NULs are refused");
+    if scheme.chars().any(|c| c.is_ascii_uppercase()) {
+        return refuse("the scheme must be lower case");
     }
-    let path = rest.split(['?', '#']).next().unwrap_or_default();
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
+    if let Some(after) = rest.strip_prefix("//") {
+        let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.chars().any(|c| c.is_ascii_uppercase()) {
+            return refuse("the host must be lower case");
+        }
+    }
+    // A percent-encoded unreserved character, `/`, `\`, `%` or NUL has one spelling without
+    // the escape (or none at all): encoding it only ever serves to slip past a prefix.
+    let bytes = rest.as_bytes();
+    for (i, _) in rest.match_indices('%') {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+            return refuse("a `%` must start a two-digit hex escape");
+        };
+        if byte.is_ascii_alphanumeric() || b"-._~/\\%".contains(&byte) || byte == 0 {
+            return refuse(
+                "escapes of letters, digits, `-._~`, `/`, `\\`, `%` and NUL are refused; write the character itself",
+            );
+        }
+    }
+    // Dot segments anywhere (path, query, fragment, `..;` parameters).
+    if rest
+        .split(['/', '?', '#', '&', '='])
+        .any(|seg| matches!(seg.split(';').next(), Some(".") | Some("..")))
+    {
         return refuse("dot segments (`.`, `..`) are refused; ask for the URI in normal form");
     }
     Ok(())
@@ -233,6 +253,15 @@ impl Tool for ResourcesTool {
         Ok(Resource::new(uri))
     }
 
+    /// A granted prefix must be in the normal form URIs are compared in: a task asking for
+    /// `notes://%61cme/` (or `NOTES://acme/`) would slip past a tenant's `notes://acme/`.
+    fn canonical_prefix(&self, prefix: &str) -> Result<String, ToolError> {
+        if !prefix.is_empty() {
+            check_uri(prefix)?;
+        }
+        Ok(prefix.to_owned())
+    }
+
     fn call(&self, input: ToolInput) -> ToolFuture<'_> {
         Box::pin(async move {
             let (_, resource, ctx) = input.into_parts();
@@ -291,6 +320,9 @@ impl PromptsTool {
     pub(crate) fn own(&self, hosted: &str) -> Option<String> {
         let name = match &self.prefix {
             Some(p) => hosted.strip_prefix(p.as_str())?.strip_prefix("__")?,
+            // `__` is where upstream prompts are hosted (`<upstream>__<prompt>`): a native
+            // prompt so named could be confused with one, so it is not hosted.
+            None if hosted.contains("__") => return None,
             None => hosted,
         };
         self.source
@@ -485,6 +517,8 @@ mod tests {
             "file:///docs/a.md",
             "https://example.com/a?b=c#d",
             "notes://ticket/ab-1",
+            "demo://resource/static/document/a%20b.md",
+            "https://example.com/a?b=%C3%A9",
         ] {
             assert!(check_uri(ok).is_ok(), "{ok}");
         }
@@ -504,6 +538,14 @@ mod tests {
             "file:///docs\\..\\etc",
             "file:///docs/\n",
             "file:///a%00b",
+            "notes://%61cme/secret",
+            "NOTES://acme/x",
+            "notes://ACME/x",
+            "file:///docs/x?/../../etc/passwd",
+            "file:///docs/..;/etc",
+            "file:///docs/%252e%252e/etc",
+            "file:///docs/%zz",
+            "file:///docs/%2",
         ] {
             assert!(check_uri(bad).is_err(), "{bad:?}");
         }

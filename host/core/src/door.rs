@@ -287,14 +287,45 @@ impl Catalog {
             })
     }
 
-    /// The pseudo-tool whose source serves `uri`, if any.
+    /// The pseudo-tool whose source serves `uri`, if exactly one does. A URI that two sources
+    /// list, or (listed by none) that two sources' templates match, is nobody's: a source
+    /// cannot capture another's reads by listing its URIs (it gets a refusal, not the read).
     pub fn resource_owner(&self, uri: &str) -> Option<&str> {
-        // A listed URI wins over a template match, so a source's template cannot capture
-        // another source's listed resource.
-        self.resource_sources()
-            .find(|(_, s)| s.resources().iter().any(|r| r.uri == uri))
-            .or_else(|| self.resource_sources().find(|(_, s)| s.serves(uri)))
+        let listing: Vec<&str> = self
+            .resource_sources()
+            .filter(|(_, s)| s.resources().iter().any(|r| r.uri == uri))
             .map(|(n, _)| n)
+            .collect();
+        let claims = if listing.is_empty() {
+            self.resource_sources()
+                .filter(|(_, s)| s.serves(uri))
+                .map(|(n, _)| n)
+                .collect()
+        } else {
+            listing
+        };
+        match claims.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The listed URIs more than one source claims (see [`Catalog::resource_owner`]): a list
+    /// leaves them out.
+    pub fn contested_uris(&self) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        for (_, s) in self.resource_sources() {
+            let mut own: Vec<String> = s.resources().into_iter().map(|r| r.uri).collect();
+            own.sort();
+            own.dedup();
+            for uri in own {
+                *seen.entry(uri).or_default() += 1;
+            }
+        }
+        seen.into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(u, _)| u)
+            .collect()
     }
 
     /// Every prompt hosted now: (pseudo-tool, hosted name, the prompt as its source spells it).
@@ -303,6 +334,9 @@ impl Catalog {
         for (n, e) in &self.tools {
             if let Kind::Prompts(p) = &e.kind {
                 for prompt in p.source.prompts() {
+                    if p.prefix.is_none() && prompt.name.contains("__") {
+                        continue;
+                    }
                     out.push((n.as_str(), p.hosted(&prompt.name), prompt));
                 }
             }
@@ -818,5 +852,43 @@ mod tests {
         assert_eq!(c.prompt_owner("up__q"), None);
         assert!(c.offers(Action::Read) && c.offers(Action::Prompt));
         assert_eq!(c.action_of("echo"), Some(Action::Call));
+    }
+
+    #[test]
+    fn a_uri_two_sources_claim_is_nobodys() {
+        use crate::content::{Prompts, Resources};
+        use rmcp::model::{Prompt, ReadResourceResult, Resource as McpResource, ResourceTemplate};
+        let read = |_: &str, _: &[(String, String)]| Ok(ReadResourceResult::new(Vec::new()));
+        let mut reg = Registry::new();
+        reg.register_resources(
+            "resources",
+            Resources::new()
+                .resource(McpResource::new("t://a", "a"), read)
+                .template(ResourceTemplate::new("t://x/{id}", "x"), read),
+        )
+        .unwrap();
+        // A second source listing the first's URI, and an instance of its template.
+        reg.register_resources(
+            "evil__resources",
+            Resources::new()
+                .resource(McpResource::new("t://a", "a"), read)
+                .template(ResourceTemplate::new("t://x/{any}", "x"), read),
+        )
+        .unwrap();
+        reg.register_prompts(
+            "prompts",
+            None,
+            Prompts::new().prompt(Prompt::new("up__p", Some("d"), None), |_| {
+                Err(ToolError::failed("unused"))
+            }),
+        )
+        .unwrap();
+        let c = reg.catalog();
+        assert_eq!(c.resource_owner("t://a"), None);
+        assert_eq!(c.resource_owner("t://x/1"), None);
+        assert!(c.contested_uris().contains("t://a"));
+        // A native prompt named like an upstream's is not hosted.
+        assert_eq!(c.prompt_owner("up__p"), None);
+        assert!(c.prompts().is_empty());
     }
 }

@@ -56,19 +56,25 @@ impl Listeners {
                 peers.retain(|p| !p.is_transport_closed());
                 peers.clone()
             };
-            for peer in &peers {
-                if now[0] != seen[0] {
-                    let _ =
-                        tokio::time::timeout(SEND_TIMEOUT, peer.notify_tool_list_changed()).await;
-                }
-                if now[1] != seen[1] {
-                    let _ = tokio::time::timeout(SEND_TIMEOUT, peer.notify_resource_list_changed())
-                        .await;
-                }
-                if now[2] != seen[2] {
-                    let _ =
-                        tokio::time::timeout(SEND_TIMEOUT, peer.notify_prompt_list_changed()).await;
-                }
+            // Each client on its own task: a stalled one delays nobody else.
+            let changed = [now[0] != seen[0], now[1] != seen[1], now[2] != seen[2]];
+            for peer in peers {
+                tokio::spawn(async move {
+                    if changed[0] {
+                        let _ = tokio::time::timeout(SEND_TIMEOUT, peer.notify_tool_list_changed())
+                            .await;
+                    }
+                    if changed[1] {
+                        let _ =
+                            tokio::time::timeout(SEND_TIMEOUT, peer.notify_resource_list_changed())
+                                .await;
+                    }
+                    if changed[2] {
+                        let _ =
+                            tokio::time::timeout(SEND_TIMEOUT, peer.notify_prompt_list_changed())
+                                .await;
+                    }
+                });
             }
             seen = now;
         }

@@ -336,9 +336,12 @@ impl ServerHandler for Session {
         let env = self.state.env(&context);
         let mut budget = LIST_BUDGET;
         let mut out = Vec::new();
-        for (pseudo, source) in self.state.host.door().catalog().resource_sources() {
+        let catalog = self.state.host.door().catalog();
+        let contested = catalog.contested_uris();
+        for (pseudo, source) in catalog.resource_sources() {
             for r in source.resources() {
                 if check_uri(&r.uri).is_ok()
+                    && !contested.contains(&r.uri)
                     && self.could(
                         &token,
                         &env,
