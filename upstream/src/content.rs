@@ -18,17 +18,6 @@ use serde_json::{Map, Value};
 
 use crate::link::{Link, lock};
 
-/// Most resources, templates or prompts capgate keeps of one upstream's listing.
-pub(crate) const MAX_LISTED: usize = 1000;
-
-/// What an upstream listed besides its tools.
-#[derive(Default, Clone)]
-pub(crate) struct Contents {
-    pub(crate) resources: Vec<Resource>,
-    pub(crate) templates: Vec<ResourceTemplate>,
-    pub(crate) prompts: Vec<Prompt>,
-}
-
 /// The resource source of one upstream.
 pub(crate) struct UpstreamResources(pub(crate) Arc<Link>);
 

@@ -37,7 +37,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Expose, UpstreamConfig};
-use crate::content::{Contents, MAX_LISTED};
 use crate::error::Error;
 use crate::pins::{Definition, PinBook, Verdict};
 
@@ -47,6 +46,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a connection must last for the next restart to wait only [`FIRST_BACKOFF`].
 const STABLE: Duration = Duration::from_secs(10);
+/// Most resources, templates or prompts capgate keeps of one upstream's listing.
+const MAX_LISTED: usize = 1000;
+
+/// What an upstream listed besides its tools.
+#[derive(Default, Clone)]
+pub(crate) struct Contents {
+    pub(crate) resources: Vec<rmcp::model::Resource>,
+    pub(crate) templates: Vec<rmcp::model::ResourceTemplate>,
+    pub(crate) prompts: Vec<rmcp::model::Prompt>,
+}
+
 /// The least time between two listings an upstream's `list_changed` asks for.
 const RELIST_MIN: Duration = Duration::from_secs(1);
 /// How often a held-back tool's pin is read again (an operator may have pinned it).
