@@ -2,6 +2,8 @@
 
 Started by benches/fastmcp.sh; the same load client that drives capgate drives this server.
 The tool matches capgate's benchmark echo: one required string argument, returned as text.
+With --stdio (and no --port) it speaks MCP on stdin/stdout instead, for gateways that bridge
+a stdio server (benches/contextforge_gateway.py --upstream-command).
 """
 
 import argparse
@@ -19,8 +21,14 @@ def echo(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--port", type=int)
+    mode.add_argument("--stdio", action="store_true")
     args = parser.parse_args()
+    if args.stdio:
+        # No banner (stdout is the protocol stream) and quiet logs, as in the HTTP mode.
+        mcp.run(transport="stdio", show_banner=False, log_level="warning")
+        return
     # FastMCP's defaults otherwise (stateful sessions, SSE responses), like capgate's rmcp
     # service; access logging off, as capgate logs no line per call either.
     mcp.run(

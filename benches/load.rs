@@ -84,6 +84,25 @@ struct Opts {
     /// `store_poll = "100ms"`, to measure a setting end to end.
     #[arg(long, value_name = "TOML", default_value = "")]
     guard_config: String,
+    /// Instead of guarded against unguarded: the gateway comparison (issue 10). The same
+    /// upstream echo (the bare rmcp server, over stdio and over HTTP, per `--transports`) called
+    /// directly, through capgate, and through the Python gateways given below; every gateway
+    /// serves its clients over streamable HTTP.
+    #[arg(long)]
+    gateway: bool,
+    /// The upstream of the gateway comparison: `rust` (the bare rmcp echo server, the cheapest
+    /// there is) or `python` (the same tool on FastMCP, `benches/fastmcp_echo.py`; needs
+    /// `--fastmcp-python`).
+    #[arg(long, default_value = "rust")]
+    upstream: String,
+    /// A python with `fastmcp` installed: adds FastMCP's proxy (`benches/fastmcp_proxy.py`) to
+    /// the gateway comparison.
+    #[arg(long, value_name = "PYTHON")]
+    fastmcp_python: Option<PathBuf>,
+    /// A python with `mcp-contextforge-gateway` installed: adds ContextForge
+    /// (`benches/contextforge_gateway.py`) to the gateway comparison.
+    #[arg(long, value_name = "PYTHON")]
+    contextforge_python: Option<PathBuf>,
     /// Instead of the load runs, count per call from outside, guarded and unguarded: user-space
     /// instructions (`valgrind --tool=callgrind`), syscalls and futex calls (`strace -f -c`)
     /// and heap allocations (`valgrind --tool=dhat`), each as the difference of a run of
@@ -145,8 +164,18 @@ fn main() -> ExitCode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
     Guarded,
+    /// The bare rmcp server; in the gateway comparison, the upstream called directly.
     Unguarded,
     External,
+    /// capgate in front of the upstream, serving its clients as the upstream serves its own
+    /// (`--gateway`).
+    Gateway,
+    /// capgate over streamable HTTP in front of a stdio upstream (`--gateway`).
+    GatewayHttp,
+    /// FastMCP's proxy in front of the upstream (`--gateway`).
+    FastMcp,
+    /// ContextForge in front of the upstream (`--gateway`).
+    ContextForge,
 }
 
 /// What the driver set up: the installation the capgate servers run on, and a task token.
@@ -182,6 +211,16 @@ impl Setup {
 
     /// The command that starts a server of `variant`.
     fn command(&self, variant: Variant, http: bool) -> tokio::process::Command {
+        self.command_with(variant, http, &self.config)
+    }
+
+    /// The same, a capgate server reading `config`.
+    fn command_with(
+        &self,
+        variant: Variant,
+        http: bool,
+        config: &std::path::Path,
+    ) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.exe);
         c.current_dir(&self.workdir)
             .env_remove("CAPGATE_TOKEN")
@@ -193,14 +232,14 @@ impl Setup {
             (Variant::Guarded, true) => {
                 c.env(ROLE_VAR, "capgate")
                     .arg("--config")
-                    .arg(&self.config)
+                    .arg(config)
                     .args(["serve", "--http", "127.0.0.1:0"]);
             }
             (Variant::Guarded, false) => {
                 c.env(ROLE_VAR, "capgate")
                     .env("CAPGATE_TOKEN", &self.token)
                     .arg("--config")
-                    .arg(&self.config)
+                    .arg(config)
                     .args(["serve", "--stdio"]);
             }
             (Variant::Unguarded, true) => {
@@ -209,7 +248,14 @@ impl Setup {
             (Variant::Unguarded, false) => {
                 c.env(ROLE_VAR, "plain-stdio");
             }
-            (Variant::External, _) => unreachable!("external servers are not started here"),
+            (
+                Variant::External
+                | Variant::Gateway
+                | Variant::GatewayHttp
+                | Variant::FastMcp
+                | Variant::ContextForge,
+                _,
+            ) => unreachable!("these servers are started by the gateway comparison"),
         }
         c
     }
@@ -312,10 +358,12 @@ async fn stdio_client(setup: &Setup, variant: Variant) -> Result<(Client, u32), 
 struct Pool {
     variant: Variant,
     clients: Vec<Client>,
-    /// Server processes whose memory is reported.
+    /// The name the clients call the echo tool by (a gateway may rename it).
+    tool: String,
+    /// Server processes whose memory and CPU time are reported.
     pids: Vec<u32>,
     /// Held so the server lives as long as the pool.
-    _server: Option<HttpServer>,
+    _server: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Pool {
@@ -331,7 +379,7 @@ impl Pool {
                 let s = HttpServer::start(setup, variant)?;
                 let url = s.url.clone();
                 let pid = vec![s.pid()];
-                (Some(s), url, pid)
+                (Some(Box::new(s) as Box<dyn std::any::Any + Send>), url, pid)
             }
         };
         // Every variant gets the bearer token, so requests are byte for byte alike; only capgate
@@ -343,6 +391,7 @@ impl Pool {
         Ok(Pool {
             variant,
             clients,
+            tool: ECHO.to_owned(),
             pids,
             _server: server,
         })
@@ -359,6 +408,7 @@ impl Pool {
         Ok(Pool {
             variant,
             clients,
+            tool: ECHO.to_owned(),
             pids,
             _server: None,
         })
@@ -419,6 +469,9 @@ struct Run {
     cpu_ticks: u64,
 }
 
+/// The longest a benchmarked call may take before it counts as an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Every client calls `echo` in a closed loop (next call when the last answered) for `warmup`
 /// plus `duration`; calls that start in the measured window are counted, and a call counts only
 /// if it returned the text it sent (a denial or an error is not a fast success).
@@ -429,9 +482,10 @@ async fn run_load(pool: &Pool, warmup: Duration, duration: Duration) -> Run {
     let mut set = JoinSet::new();
     for (i, c) in pool.clients.iter().enumerate() {
         let peer: Peer<RoleClient> = c.peer().clone();
+        let tool = pool.tool.clone();
         set.spawn(async move {
             let text = format!("hello from client {i}");
-            let params = CallToolRequestParams::new(ECHO).with_arguments(args(json!({"text": text})));
+            let params = CallToolRequestParams::new(tool).with_arguments(args(json!({"text": text})));
             let mut lat = Vec::new();
             let mut errors = 0u64;
             let mut last = from;
@@ -440,7 +494,12 @@ async fn run_load(pool: &Pool, warmup: Duration, duration: Duration) -> Run {
                 if t >= until {
                     break;
                 }
-                let r = peer.call_tool(params.clone()).await;
+                // A gateway that stops answering must not hang the benchmark: a call that takes
+                // longer than this counts as an error.
+                let r = match tokio::time::timeout(CALL_TIMEOUT, peer.call_tool(params.clone())).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+                };
                 let d = t.elapsed();
                 let ok = matches!(&r, Ok(res) if res.is_error != Some(true) && first_text(res) == Some(text.as_str()));
                 if t >= from {
@@ -552,15 +611,19 @@ async fn cell(pools: &[Pool], opts: &Opts) -> Vec<Measured> {
 
 fn label(v: Variant, opts: &Opts) -> String {
     match v {
-        Variant::Guarded => "capgate".into(),
+        Variant::Guarded | Variant::Gateway => "capgate".into(),
+        Variant::GatewayHttp => "capgate/http".into(),
+        Variant::Unguarded if opts.gateway => "direct".into(),
         Variant::Unguarded => "unguarded".into(),
         Variant::External => opts.compare_name.clone(),
+        Variant::FastMcp => "fastmcp".into(),
+        Variant::ContextForge => "contextforge".into(),
     }
 }
 
 fn print_header() {
     println!(
-        "{:<6} {:>7} {:<10} {:>10} {:>9} {:>9} {:>9} {:>7} {:>13} {:>13}",
+        "{:<6} {:>7} {:<12} {:>10} {:>9} {:>9} {:>9} {:>7} {:>13} {:>13}",
         "trans",
         "clients",
         "server",
@@ -576,7 +639,7 @@ fn print_header() {
 
 fn print_row(transport: &str, n: usize, m: &Measured, opts: &Opts) {
     println!(
-        "{:<6} {:>7} {:<10} {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>7} {:>13.1} {:>13.1}",
+        "{:<6} {:>7} {:<12} {:>10.0} {:>9.0} {:>9.0} {:>9.1} {:>7} {:>13.1} {:>13.1}",
         transport,
         n,
         label(m.variant, opts),
@@ -613,6 +676,9 @@ async fn drive(opts: Opts) -> Result<(), String> {
     );
     if opts.count {
         return count::run(&setup, &opts).await;
+    }
+    if opts.gateway {
+        return gateway::run(&setup, &opts).await;
     }
     let started = Instant::now();
     let mut ratios = Vec::new();
@@ -971,7 +1037,11 @@ mod count {
         match v {
             Variant::Guarded => "guarded",
             Variant::Unguarded => "unguarded",
-            Variant::External => "external",
+            Variant::External
+            | Variant::Gateway
+            | Variant::GatewayHttp
+            | Variant::FastMcp
+            | Variant::ContextForge => "external",
         }
     }
 
@@ -1071,6 +1141,9 @@ mod count {
         Ok(t)
     }
 }
+
+#[path = "load/gateway.rs"]
+mod gateway;
 
 /// The unguarded server: rmcp and the echo tool, nothing else.
 mod plain {
@@ -1190,6 +1263,11 @@ mod plain {
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         eprintln!("plain: serving MCP at http://{addr}/mcp");
+        // Small writes (an SSE event, then the end of the stream) go out at once, as
+        // capgate's own listener sends them.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, router)
             .await
             .map_err(|e| e.to_string())
