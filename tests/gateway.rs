@@ -1183,3 +1183,104 @@ async fn an_upstreams_list_changed_is_followed_and_passed_on() {
     drop(client);
     server.stop();
 }
+
+/// A client with a user and a model: it answers elicitation and sampling, and records what it
+/// was asked.
+#[derive(Clone, Default)]
+struct Answering {
+    elicited: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sampled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[allow(deprecated)]
+impl rmcp::ClientHandler for Answering {
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        if let rmcp::model::ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            self.elicited.lock().unwrap().push(message.clone());
+        }
+        Ok(
+            rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept)
+                .with_content(json!({"answer": "blue"})),
+        )
+    }
+
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        self.sampled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(rmcp::ErrorData::internal_error(
+            "this test's model must never be asked",
+            None,
+        ))
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::builder()
+                .enable_elicitation()
+                .enable_sampling()
+                .build(),
+            rmcp::model::Implementation::new("answering-client", "1.0.0"),
+        )
+    }
+}
+
+/// What an upstream asks of the client side goes to the calling client only for what its
+/// config's `allow` names (here elicitation); sampling is refused without reaching the client's
+/// model; without `allow`, elicitation is refused too and the client's user is never asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_asks_the_calling_client_only_what_its_config_allows() {
+    let ask = "\n[upstream.tools.ask]\noperation = \"read\"\n";
+    for allowed in [true, false] {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("upstream.log");
+        let mut config = stdio_upstream(&log, "") + ask;
+        if allowed {
+            config = config.replacen(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nallow = [\"elicitation\"]",
+                1,
+            );
+        }
+        let cg = Capgate::with_config(&config);
+        let agent = cg.mint("agent-1", "acme", &["notes__ask"], &[]);
+        let (_, task) = cg.task(&agent, &["notes__ask"], &[]);
+        let human = Answering::default();
+        let client = rmcp::ServiceExt::serve(human.clone(), cg.stdio_transport(Some(&task), &[]))
+            .await
+            .expect("initialize");
+
+        let r = call_ok(&client, "notes__ask", json!({"question": "Which colour?"})).await;
+        let answer = text(&r);
+        let elicited = human.elicited.lock().unwrap().clone();
+        if allowed {
+            assert!(answer.contains("elicitation accept: blue"), "{answer}");
+            assert_eq!(elicited, vec!["Which colour?".to_owned()]);
+        } else {
+            assert!(
+                answer.contains("elicitation refused: capgate does not grant elicitation"),
+                "{answer}"
+            );
+            assert!(elicited.is_empty(), "the user was asked: {elicited:?}");
+        }
+        assert!(
+            answer.contains("sampling refused: capgate does not grant sampling"),
+            "{answer}"
+        );
+        assert_eq!(
+            human.sampled.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the client's model was asked"
+        );
+        // The upstream got the call once, and what came back is what it logged.
+        assert_eq!(tool_calls(&log).len(), 1);
+        drop(client);
+    }
+}

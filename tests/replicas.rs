@@ -195,7 +195,9 @@ async fn a_task_issued_on_one_replica_works_on_another_and_dies_on_all() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_issuance_across_replicas_stores_every_task_once() {
-    let cluster = Cluster::start("issuance", "");
+    // 120 issuances at once on two cores, in a debug build: the Datalog time limit (20 ms by
+    // default) would turn the machine's load into refusals, and this test is about storage.
+    let cluster = Cluster::start("issuance", "\n[guard]\nmax_time = \"10s\"");
     let servers = std::sync::Arc::new(cluster.serve());
     let agent = cluster.nodes[0].mint("reader", "acme", &["fs_read"], &[]);
     let mut handles = Vec::new();

@@ -92,6 +92,36 @@ async def wait(seconds: float) -> str:
     return "waited"
 
 
+@server.tool(description="Ask the user (elicitation), the model (sampling) and the client's roots.")
+async def ask(question: str, ctx: Context) -> str:
+    """Each request the client side refuses is reported, not raised: the answer says what came
+    back for each, and the log says what this upstream got."""
+    from pydantic import BaseModel
+    from mcp_types import SamplingMessage, TextContent
+
+    class Answer(BaseModel):
+        answer: str
+
+    log({"tool": "ask", "question": question})
+    got = []
+    try:
+        r = await ctx.elicit(question, Answer)
+        got.append(f"elicitation {r.action}" + (f": {r.data.answer}" if r.action == "accept" else ""))
+    except Exception as e:
+        got.append(f"elicitation refused: {e}")
+    try:
+        s = await ctx.session.create_message(
+            [SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+            max_tokens=10,
+            related_request_id=ctx.request_id,
+        )
+        got.append(f"sampling: {s.content.text}")
+    except Exception as e:
+        got.append(f"sampling refused: {e}")
+    log({"asked": got})
+    return "; ".join(got)
+
+
 @server.tool(description="Exit at once, as a crash would.")
 def crash() -> str:
     log({"tool": "crash"})

@@ -7,7 +7,7 @@
 //! ([`UpstreamConfig::resolved_env`], [`UpstreamConfig::resolved_headers`]), so the CLI, which
 //! never talks to an upstream, needs none of its secrets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,6 +50,32 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// The hosted tools, by the upstream's name for them.
     pub tools: BTreeMap<String, ToolRule>,
+    /// What the upstream may ask of the client whose call it is serving (passed on to that
+    /// client, never answered by capgate). Default: nothing; every such request is refused.
+    pub allow: BTreeSet<Ask>,
+}
+
+/// A request an upstream may send back to the client (`allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ask {
+    /// `sampling/createMessage`: the client's model answers the upstream.
+    Sampling,
+    /// `elicitation/create`: the client's user answers the upstream.
+    Elicitation,
+    /// `roots/list`: the client's roots, as it reports them.
+    Roots,
+}
+
+impl Ask {
+    /// Its name in the config and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ask::Sampling => "sampling",
+            Ask::Elicitation => "elicitation",
+            Ask::Roots => "roots",
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -65,6 +91,7 @@ impl Default for UpstreamConfig {
             expose: Expose::Declared,
             timeout: Duration::from_secs(60),
             tools: BTreeMap::new(),
+            allow: BTreeSet::new(),
         }
     }
 }
@@ -482,6 +509,24 @@ operation = "delete""#
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn allow_names_only_known_requests() {
+        let c =
+            parse("name = \"n\"\ncommand = \"x\"\nallow = [\"elicitation\", \"roots\"]").unwrap();
+        assert_eq!(
+            c.allow.into_iter().collect::<Vec<_>>(),
+            [Ask::Elicitation, Ask::Roots]
+        );
+        assert!(
+            parse("name = \"n\"\ncommand = \"x\"")
+                .unwrap()
+                .allow
+                .is_empty()
+        );
+        let e = parse("name = \"n\"\ncommand = \"x\"\nallow = [\"everything\"]").unwrap_err();
+        assert!(e[0].1.contains("everything"), "{e:?}");
     }
 
     #[test]

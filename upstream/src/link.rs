@@ -8,8 +8,10 @@
 //!   with the thread that spawned it (`PR_SET_PDEATHSIG`) should capgate be killed outright; it
 //!   stays in capgate's process group, so a signal to the group reaches it too.
 //! - An HTTP upstream receives the headers of its config and nothing of the caller's request.
-//! - What the upstream asks of capgate (sampling, elicitation, roots) is refused, naming the
-//!   upstream: capgate's client is a guard, not a user's agent.
+//! - What the upstream asks of the client side (sampling, elicitation, roots) is refused, naming
+//!   the upstream, unless its config's `allow` names it. Then it goes to the client whose call
+//!   the upstream is serving, and only when that is certain: exactly one call in flight on this
+//!   link, from a client that declared the capability. capgate never answers it itself.
 //! - A call waits for a connection no longer than its own timeout; one upstream's outage is its
 //!   own (each has its own supervisor and connection).
 
@@ -31,12 +33,12 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer, ServiceExt};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Expose, UpstreamConfig};
+use crate::config::{Ask, Expose, UpstreamConfig};
 use crate::error::Error;
 use crate::pins::{Definition, PinBook, Verdict};
 
@@ -631,6 +633,75 @@ impl Handler {
             None,
         )
     }
+
+    /// The client an allowed request goes to: the one whose call this upstream is serving.
+    /// Refused (and logged) when the config does not allow `ask`, when no call or more than one
+    /// is in flight (capgate cannot tell whose request it is, and a wrong guess would hand one
+    /// client's user or model to another's upstream call), or when that client did not declare
+    /// the capability.
+    fn caller(
+        &self,
+        ask: Ask,
+        declared: impl Fn(&ClientCapabilities) -> bool,
+    ) -> Result<Peer<RoleServer>, McpError> {
+        let what = ask.as_str();
+        let name = self.name();
+        let refused = |why: String| {
+            tracing::warn!(target: "capgate::upstream", upstream = %name, "refused a {what} request: {why}");
+            McpError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("capgate refused {what} for the upstream `{name}`: {why}"),
+                None,
+            )
+        };
+        let Some(link) = self.link.upgrade() else {
+            return Err(refused("capgate is stopping".into()));
+        };
+        if !link.config.allow.contains(&ask) {
+            tracing::warn!(target: "capgate::upstream", upstream = %name, "refused a {what} request (not in the upstream's `allow`)");
+            return Err(self.refuse(what));
+        }
+        let in_flight: Vec<ToolContext> = lock(&link.progress).values().cloned().collect();
+        let ctx = match in_flight.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(refused("no call of a client is in flight".into())),
+            many => {
+                return Err(refused(format!(
+                    "{} calls are in flight, so whose request this is cannot be told",
+                    many.len()
+                )));
+            }
+        };
+        let Some(peer) = ctx.peer().cloned() else {
+            return Err(refused(
+                "the calling client has no connection to ask".into(),
+            ));
+        };
+        let supports = peer
+            .peer_info()
+            .is_some_and(|info| declared(&info.capabilities));
+        if !supports {
+            return Err(refused(format!(
+                "the calling client does not support {what}"
+            )));
+        }
+        tracing::info!(target: "capgate::upstream", upstream = %name, tool = %ctx.tool(), "passing a {what} request on to the calling client");
+        Ok(peer)
+    }
+
+    /// The client's failure to answer, as the upstream receives it.
+    fn unanswered(ask: Ask, e: rmcp::service::ServiceError) -> McpError {
+        match e {
+            rmcp::service::ServiceError::McpError(e) => e,
+            other => McpError::internal_error(
+                format!(
+                    "the client did not answer the {} request: {other}",
+                    ask.as_str()
+                ),
+                None,
+            ),
+        }
+    }
 }
 
 // Sampling and roots are deprecated (SEP-2577) but still sent by servers of older protocol
@@ -639,27 +710,34 @@ impl Handler {
 impl ClientHandler for Handler {
     async fn create_message(
         &self,
-        _params: CreateMessageRequestParams,
+        params: CreateMessageRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, McpError> {
-        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "refused a sampling request");
-        Err(self.refuse("sampling"))
+        let peer = self.caller(Ask::Sampling, |c| c.sampling.is_some())?;
+        peer.create_message(params)
+            .await
+            .map_err(|e| Self::unanswered(Ask::Sampling, e))
     }
 
     async fn list_roots(
         &self,
         _context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, McpError> {
-        Err(self.refuse("roots"))
+        let peer = self.caller(Ask::Roots, |c| c.roots.is_some())?;
+        peer.list_roots()
+            .await
+            .map_err(|e| Self::unanswered(Ask::Roots, e))
     }
 
     async fn create_elicitation(
         &self,
-        _request: ElicitRequestParams,
+        request: ElicitRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
-        tracing::warn!(target: "capgate::upstream", upstream = %self.name(), "refused an elicitation request");
-        Err(self.refuse("elicitation"))
+        let peer = self.caller(Ask::Elicitation, |c| c.elicitation.is_some())?;
+        peer.create_elicitation(request)
+            .await
+            .map_err(|e| Self::unanswered(Ask::Elicitation, e))
     }
 
     async fn on_progress(
@@ -700,8 +778,24 @@ impl ClientHandler for Handler {
     }
 
     fn get_info(&self) -> ClientConfig {
+        // Declared only what the config allows: an upstream should not even try the rest.
+        let allow = self
+            .link
+            .upgrade()
+            .map(|l| l.config.allow.clone())
+            .unwrap_or_default();
+        let mut caps = ClientCapabilities::default();
+        if allow.contains(&Ask::Sampling) {
+            caps.sampling = Some(Default::default());
+        }
+        if allow.contains(&Ask::Elicitation) {
+            caps.elicitation = Some(Default::default());
+        }
+        if allow.contains(&Ask::Roots) {
+            caps.roots = Some(Default::default());
+        }
         ClientConfig::new(
-            ClientCapabilities::default(),
+            caps,
             Implementation::new("capgate", env!("CARGO_PKG_VERSION")),
         )
     }
