@@ -1250,8 +1250,8 @@ async fn an_upstream_asks_the_calling_client_only_what_its_config_allows() {
             );
         }
         let cg = Capgate::with_config(&config);
-        let agent = cg.mint("agent-1", "acme", &["notes__ask"], &[]);
-        let (_, task) = cg.task(&agent, &["notes__ask"], &[]);
+        let agent = cg.mint("agent-1", "acme", &["notes__ask", "notes__slow"], &[]);
+        let (_, task) = cg.task(&agent, &["notes__ask", "notes__slow"], &[]);
         let human = Answering::default();
         let client = rmcp::ServiceExt::serve(human.clone(), cg.stdio_transport(Some(&task), &[]))
             .await
@@ -1281,6 +1281,28 @@ async fn an_upstream_asks_the_calling_client_only_what_its_config_allows() {
         );
         // The upstream got the call once, and what came back is what it logged.
         assert_eq!(tool_calls(&log).len(), 1);
+
+        if allowed {
+            // With another call in flight on the same upstream, whose question this is cannot be
+            // told: refused, and the user is not asked again.
+            let slow = {
+                let peer = client.peer().clone();
+                tokio::spawn(async move { call(&peer, "notes__slow", json!({"seconds": 2})).await })
+            };
+            wait_until(
+                "the slow call to reach the upstream",
+                Duration::from_secs(10),
+                || tool_calls(&log).iter().any(|c| c["tool"] == "slow"),
+            );
+            let r = call_ok(&client, "notes__ask", json!({"question": "And now?"})).await;
+            let answer = text(&r);
+            assert!(
+                answer.contains("elicitation refused") && answer.contains("2 calls are in flight"),
+                "{answer}"
+            );
+            assert_eq!(human.elicited.lock().unwrap().len(), 1, "asked again");
+            slow.await.unwrap().expect("the slow call answers");
+        }
         drop(client);
     }
 }
