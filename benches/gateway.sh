@@ -27,14 +27,15 @@ venv() {
     fi
 }
 
-if ! venv "$here/.venv" fastmcp fastmcp; then
+# The versions BENCHMARKS.md reports; change them here to measure others.
+if ! venv "$here/.venv" fastmcp "fastmcp==4.2.3"; then
     echo "gateway.sh: pip could not install fastmcp into $here/.venv (see pip's message above)" >&2
     exit 2
 fi
 args=(--fastmcp-python "$here/.venv/bin/python")
 echo "gateway.sh: FastMCP $("$here/.venv/bin/python" -c 'import fastmcp; print(fastmcp.__version__)')"
 
-if venv "$here/.venv-contextforge" mcpgateway mcp-contextforge-gateway; then
+if venv "$here/.venv-contextforge" mcpgateway "mcp-contextforge-gateway==1.0.7.post20260921"; then
     args+=(--contextforge-python "$here/.venv-contextforge/bin/python")
     echo "gateway.sh: ContextForge $("$here/.venv-contextforge/bin/pip" show mcp-contextforge-gateway | sed -n 's/^Version: //p')"
 else

@@ -443,7 +443,7 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// CPU time (user + system) the processes have used so far, in clock ticks (`/proc/<pid>/stat`
-/// fields 14 and 15; exited threads included).
+/// fields 14 to 17: exited threads, and children that exited and were reaped, included).
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| {
@@ -451,7 +451,8 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
             // The command name (field 2) may hold spaces; the fields after it are plain.
             let rest = s.rsplit_once(')')?.1;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Some(field(11) + field(12) + field(13) + field(14))
         })
         .sum()
 }

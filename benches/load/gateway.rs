@@ -193,7 +193,8 @@ impl Drop for Service {
     }
 }
 
-/// SIGTERM to the child's process group, SIGKILL after 10 s, and the child reaped.
+/// SIGTERM to the child's process group, SIGKILL after 30 s (ContextForge's launcher gives its
+/// children 15 s), and the child reaped.
 fn stop(child: &mut Child) {
     let group = format!("-{}", child.id());
     let signal = |sig: &str| {
@@ -203,7 +204,7 @@ fn stop(child: &mut Child) {
             .status();
     };
     signal("-TERM");
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         if let Ok(Some(_)) = child.try_wait() {
             signal("-KILL");
@@ -632,7 +633,14 @@ pub(super) async fn run(setup: &Setup, opts: &Opts) -> Result<(), String> {
     }
     println!();
     for (t, n, who, r) in &ratios {
-        println!("ratio {who} calls/s, {t:<5} upstream, {n:>2} clients: {r:.2}");
+        // A server that answered nothing right has no ratio (its errors column says why).
+        if r.is_finite() && *r < 1e6 {
+            println!("ratio {who} calls/s, {t:<5} upstream, {n:>2} clients: {r:.2}");
+        } else {
+            println!(
+                "ratio {who} calls/s, {t:<5} upstream, {n:>2} clients: n/a (no correct answers)"
+            );
+        }
     }
     println!(
         "gateway: finished in {:.0} s",

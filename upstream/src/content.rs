@@ -50,6 +50,8 @@ impl ResourceSource for UpstreamResources {
             let link = &self.0;
             let timeout = link.config.timeout;
             let peer = link.peer(timeout).await.map_err(|e| failed(link, e))?;
+            // Outstanding like a call: an upstream's request during a read is nobody's to answer.
+            let _outstanding = link.outstanding();
             let read = peer.read_resource(ReadResourceRequestParams::new(uri));
             tokio::select! {
                 got = tokio::time::timeout(timeout, read) => match got {
@@ -80,6 +82,7 @@ impl PromptSource for UpstreamPrompts {
             let peer = link.peer(timeout).await.map_err(|e| failed(link, e))?;
             let mut params = GetPromptRequestParams::new(name);
             params.arguments = Some(arguments);
+            let _outstanding = link.outstanding();
             let get = peer.get_prompt(params);
             tokio::select! {
                 got = tokio::time::timeout(timeout, get) => match got {

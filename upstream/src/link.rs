@@ -83,6 +83,10 @@ pub(crate) struct Link {
     state: watch::Sender<LinkState>,
     /// Progress tokens of calls in flight, to the caller's context that receives their progress.
     progress: Mutex<HashMap<ProgressToken, ToolContext>>,
+    /// capgate's requests on this link not answered yet (calls, reads, prompt fetches,
+    /// listings), counted from before each is sent: a request of the upstream's own can be
+    /// attributed to a caller only while exactly one is outstanding.
+    outstanding: std::sync::atomic::AtomicUsize,
     /// The tools the upstream listed at its latest connection.
     listed: Mutex<Option<Vec<rmcp::model::Tool>>>,
     /// Where definitions are pinned; set by [`Link::start`] (the CLI never starts a link).
@@ -108,6 +112,7 @@ impl Link {
             config,
             state: watch::channel(LinkState::Idle).0,
             progress: Mutex::new(HashMap::new()),
+            outstanding: std::sync::atomic::AtomicUsize::new(0),
             listed: Mutex::new(None),
             pins: std::sync::OnceLock::new(),
             verdicts: Mutex::new(HashMap::new()),
@@ -233,6 +238,9 @@ impl Link {
 
     /// Lists the upstream's tools and judges them; on failure the previous listing stands.
     async fn list(&self, peer: &Peer<RoleClient>) {
+        // A listing is a request of capgate's like a call: while it is out, no request of the
+        // upstream's is attributed to a caller.
+        let _outstanding = self.outstanding();
         match tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools()).await {
             Ok(Ok(tools)) => {
                 self.review(&tools);
@@ -373,6 +381,15 @@ impl Link {
                 _ => Err("it is not connected".into()),
             },
         }
+    }
+
+    /// Counts one request of capgate's as outstanding until the guard is dropped. Taken before
+    /// the request is sent, so an upstream's request can never be attributed to a caller while
+    /// another request is on its way.
+    pub(crate) fn outstanding(&self) -> Outstanding<'_> {
+        self.outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Outstanding(&self.outstanding)
     }
 
     pub(crate) fn track(&self, token: ProgressToken, ctx: ToolContext) {
@@ -606,6 +623,15 @@ where
         .unwrap_or_else(|_| Err("no answer".into()))
 }
 
+/// One outstanding request of capgate's on a link ([`Link::outstanding`]).
+pub(crate) struct Outstanding<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -634,59 +660,95 @@ impl Handler {
         )
     }
 
-    /// The client an allowed request goes to: the one whose call this upstream is serving.
-    /// Refused (and logged) when the config does not allow `ask`, when no call or more than one
-    /// is in flight (capgate cannot tell whose request it is, and a wrong guess would hand one
-    /// client's user or model to another's upstream call), or when that client did not declare
-    /// the capability.
+    /// The client an allowed request goes to: the one whose call this upstream is serving,
+    /// with that call's context and the link's timeout. Refused (and logged) when the config
+    /// does not allow `ask`; when any other request of capgate's is outstanding on this link
+    /// (a call, a read, a prompt fetch, a listing: capgate cannot tell whose request it is, and
+    /// a wrong guess would hand one client's user or model to another's upstream call); or when
+    /// that client did not declare the capability.
     fn caller(
         &self,
         ask: Ask,
         declared: impl Fn(&ClientCapabilities) -> bool,
-    ) -> Result<Peer<RoleServer>, McpError> {
+    ) -> Result<(Peer<RoleServer>, ToolContext, Duration), McpError> {
         let what = ask.as_str();
         let name = self.name();
-        let refused = |why: String| {
-            tracing::warn!(target: "capgate::upstream", upstream = %name, "refused a {what} request: {why}");
-            McpError::new(
-                ErrorCode::INVALID_REQUEST,
-                format!("capgate refused {what} for the upstream `{name}`: {why}"),
-                None,
-            )
-        };
         let Some(link) = self.link.upgrade() else {
-            return Err(refused("capgate is stopping".into()));
+            return Err(self.refused(ask, "capgate is stopping"));
         };
         if !link.config.allow.contains(&ask) {
             tracing::warn!(target: "capgate::upstream", upstream = %name, "refused a {what} request (not in the upstream's `allow`)");
             return Err(self.refuse(what));
         }
+        let outstanding = link.outstanding.load(std::sync::atomic::Ordering::SeqCst);
         let in_flight: Vec<ToolContext> = lock(&link.progress).values().cloned().collect();
-        let ctx = match in_flight.as_slice() {
-            [one] => one.clone(),
-            [] => return Err(refused("no call of a client is in flight".into())),
-            many => {
-                return Err(refused(format!(
-                    "{} calls are in flight, so whose request this is cannot be told",
-                    many.len()
-                )));
+        let ctx = match (outstanding, in_flight.as_slice()) {
+            (1, [one]) => one.clone(),
+            (0, _) | (1, []) => {
+                return Err(self.refused(ask, "no call of a client is in flight"));
+            }
+            (n, _) => {
+                return Err(self.refused(
+                    ask,
+                    &format!(
+                        "{n} requests are in flight on this upstream, so whose request this is cannot be told"
+                    ),
+                ));
             }
         };
         let Some(peer) = ctx.peer().cloned() else {
-            return Err(refused(
-                "the calling client has no connection to ask".into(),
-            ));
+            return Err(self.refused(ask, "the calling client has no connection to ask"));
         };
         let supports = peer
             .peer_info()
             .is_some_and(|info| declared(&info.capabilities));
         if !supports {
-            return Err(refused(format!(
-                "the calling client does not support {what}"
-            )));
+            return Err(self.refused(ask, "the calling client does not support it"));
         }
         tracing::info!(target: "capgate::upstream", upstream = %name, tool = %ctx.tool(), "passing a {what} request on to the calling client");
-        Ok(peer)
+        Ok((peer, ctx, link.config.timeout))
+    }
+
+    fn refused(&self, ask: Ask, why: &str) -> McpError {
+        let (what, name) = (ask.as_str(), self.name());
+        tracing::warn!(target: "capgate::upstream", upstream = %name, "refused a {what} request: {why}");
+        McpError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!("capgate refused {what} for the upstream `{name}`: {why}"),
+            None,
+        )
+    }
+
+    /// Sends an allowed request to the calling client and waits for its answer, at most the
+    /// link's timeout, and no longer than the call it belongs to or the upstream's own request.
+    /// It runs in a task of its own: the upstream's request context (its request id, the
+    /// protocol version in its `_meta`) must not ride along into the request the client gets.
+    async fn forward<T: Send + 'static>(
+        &self,
+        ask: Ask,
+        (ctx, timeout): (ToolContext, Duration),
+        upstream: CancellationToken,
+        request: impl Future<Output = Result<T, rmcp::service::ServiceError>> + Send + 'static,
+    ) -> Result<T, McpError> {
+        let mut task = tokio::spawn(request);
+        let out = tokio::select! {
+            r = &mut task => match r {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(Self::unanswered(ask, e)),
+                Err(e) => Err(McpError::internal_error(
+                    format!("capgate lost the {} request: {e}", ask.as_str()),
+                    None,
+                )),
+            },
+            _ = tokio::time::sleep(timeout) => Err(self.refused(
+                ask,
+                &format!("the client did not answer within {timeout:?}"),
+            )),
+            _ = ctx.cancelled().cancelled() => Err(self.refused(ask, "the call it belongs to was cancelled")),
+            _ = upstream.cancelled() => Err(self.refused(ask, "the upstream cancelled it")),
+        };
+        task.abort();
+        out
     }
 
     /// The client's failure to answer, as the upstream receives it.
@@ -710,34 +772,42 @@ impl Handler {
 impl ClientHandler for Handler {
     async fn create_message(
         &self,
-        params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        mut params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, McpError> {
-        let peer = self.caller(Ask::Sampling, |c| c.sampling.is_some())?;
-        peer.create_message(params)
+        let (peer, ctx, timeout) = self.caller(Ask::Sampling, |c| c.sampling.is_some())?;
+        // "thisServer" or "allServers" context would be capgate's, which fronts every other
+        // upstream and native tool: none of that is this upstream's to see.
+        params.include_context = None;
+        let request = async move { peer.create_message(params).await };
+        self.forward(Ask::Sampling, (ctx, timeout), context.ct, request)
             .await
-            .map_err(|e| Self::unanswered(Ask::Sampling, e))
     }
 
     async fn list_roots(
         &self,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, McpError> {
-        let peer = self.caller(Ask::Roots, |c| c.roots.is_some())?;
-        peer.list_roots()
+        let (peer, ctx, timeout) = self.caller(Ask::Roots, |c| c.roots.is_some())?;
+        let request = async move { peer.list_roots().await };
+        self.forward(Ask::Roots, (ctx, timeout), context.ct, request)
             .await
-            .map_err(|e| Self::unanswered(Ask::Roots, e))
     }
 
     async fn create_elicitation(
         &self,
         request: ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
-        let peer = self.caller(Ask::Elicitation, |c| c.elicitation.is_some())?;
-        peer.create_elicitation(request)
+        // capgate declares form elicitation only: a URL would send the user somewhere the
+        // client never agreed to be sent by this upstream.
+        if matches!(request, ElicitRequestParams::UrlElicitationParams { .. }) {
+            return Err(self.refused(Ask::Elicitation, "URL-mode elicitation is not passed on"));
+        }
+        let (peer, ctx, timeout) = self.caller(Ask::Elicitation, |c| c.elicitation.is_some())?;
+        let request = async move { peer.create_elicitation(request).await };
+        self.forward(Ask::Elicitation, (ctx, timeout), context.ct, request)
             .await
-            .map_err(|e| Self::unanswered(Ask::Elicitation, e))
     }
 
     async fn on_progress(

@@ -98,6 +98,9 @@ impl Tool for UpstreamTool {
             let params =
                 CallToolRequestParams::new(Cow::Owned(self.remote.clone())).with_arguments(args);
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+            // Counted before it is sent: the upstream may ask the client side for something
+            // before this call is tracked, and must then find more than one request out.
+            let _outstanding = self.link.outstanding();
             let handle = peer
                 .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
                 .await

@@ -79,8 +79,9 @@ pub async fn serve_http(
         .map_err(|e| Error::io("reading the bound address", e))?;
     on_ready(local);
     // An answer is a few small writes (the SSE event, then the end of the stream). With Nagle's
-    // algorithm on, the second waits for the client's delayed ACK: 40 ms per call, measured
-    // against exactly this listener as an upstream (BENCHMARKS.md, the gateway comparison).
+    // algorithm on, the second waits for the client's delayed ACK: 40 ms per call, measured on
+    // the bench's plain rmcp server behind a gateway, whose listener was set up as this one
+    // (BENCHMARKS.md, the gateway comparison).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(target: "capgate", "TCP_NODELAY not set on a connection: {e}");
